@@ -1,0 +1,215 @@
+//! Command-line interface: clap definitions, and the validation step that
+//! turns raw arguments into a [`Plan`] (ripgrep's two-step parse). Everything
+//! downstream takes the plan, never raw arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::Connection;
+use crate::ledger::DEFAULT_STATE_TABLE;
+use crate::run::Plan;
+
+/// Run data migrations and backfills over large DynamoDB tables: parallel
+/// segmented scans, conditional writes that never lose an application's update,
+/// a ledger of what ran where.
+#[derive(Debug, Parser)]
+#[command(name = "dynbulk", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    /// More log output: -v info, -vv debug, -vvv trace (logs go to stderr).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  dynbulk list                                   show the migrations in this build
+  dynbulk run --dry-run                          what every pending migration would change
+  dynbulk run --segments 16                      apply every pending migration
+  dynbulk run --migration 20241220_add_status_category_fields --table orders-dev
+  dynbulk status --table orders-dev              what ran on orders-dev, when, by whom
+  dynbulk new \"backfill order totals\"            scaffold migrations/YYYYMMDD_backfill_order_totals.rs
+
+Exit codes: 0 done; 1 done but some items failed (see the dead-letter file);
+2 fatal error or bad usage; 130 interrupted.";
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run pending migrations (all of them in id order, or the one given by --migration).
+    Run(RunArgs),
+    /// Show each migration's status on its table: applied, pending, failed or in progress.
+    Status(StatusArgs),
+    /// List the migrations compiled into this build.
+    List,
+    /// Create a new migration file dated today and register it.
+    New(NewArgs),
+}
+
+/// Where and as whom to connect (as in the AWS CLI; the standard AWS_* environment works too).
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// AWS profile from ~/.aws/config (default: AWS_PROFILE, then "default").
+    #[arg(long, help_heading = "Connection")]
+    pub profile: Option<String>,
+    /// AWS region (default: AWS_REGION, then the profile's region).
+    #[arg(long, help_heading = "Connection")]
+    pub region: Option<String>,
+    /// DynamoDB endpoint, e.g. http://localhost:8000 for DynamoDB Local
+    /// (default: AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL, then AWS).
+    #[arg(long, value_name = "URL", help_heading = "Connection")]
+    pub endpoint_url: Option<String>,
+}
+
+impl ConnectionArgs {
+    /// The connection settings.
+    pub fn connection(&self) -> Connection {
+        Connection {
+            profile: self.profile.clone(),
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+        }
+    }
+}
+
+/// Where the ledger lives.
+#[derive(Debug, Clone, Args)]
+pub struct StateArgs {
+    /// DynamoDB table holding the ledger (created on first use, on-demand billing).
+    #[arg(long, env = "DYNBULK_STATE_TABLE", default_value = DEFAULT_STATE_TABLE, value_name = "NAME", help_heading = "State")]
+    pub state_table: String,
+}
+
+/// `dynbulk run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// State.
+    #[command(flatten)]
+    pub state: StateArgs,
+
+    /// Run only this migration (see `dynbulk list`).
+    #[arg(long, value_name = "ID")]
+    pub migration: Option<String>,
+    /// Target table, overriding the migration's own.
+    #[arg(long, value_name = "NAME")]
+    pub table: Option<String>,
+    /// Scan and transform, print what would change, and send no write of any kind.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Run migrations the ledger already records as applied on this table.
+    #[arg(long)]
+    pub rerun: bool,
+
+    /// Parallel scan segments (DynamoDB TotalSegments), 1 to 1000000.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Throughput")]
+    pub segments: u32,
+    /// Worker tasks applying the transform and writing, 1 to 1024.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "Throughput")]
+    pub workers: u16,
+    /// Items of a page each worker writes at once, 1 to 256.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Throughput")]
+    pub item_concurrency: u16,
+    /// Scan page size (Limit), 1 to 10000; default: full 1 MB pages.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Throughput")]
+    pub page_size: Option<u32>,
+
+    /// Stop the run once more than N items have failed.
+    #[arg(
+        long,
+        default_value_t = 1000,
+        value_name = "N",
+        help_heading = "Errors"
+    )]
+    pub max_errors: u64,
+    /// Where failed items go (JSON lines: table, key, migration, error);
+    /// default: dynbulk-dead-letter-<time>.jsonl in the current directory.
+    #[arg(long, value_name = "PATH", help_heading = "Errors")]
+    pub dead_letter: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// Validates the arguments into a plan.
+    pub fn plan(&self) -> Plan {
+        let dead_letter = self.dead_letter.clone().unwrap_or_else(|| {
+            PathBuf::from(format!(
+                "dynbulk-dead-letter-{}.jsonl",
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+            ))
+        });
+        Plan {
+            segments: self.segments,
+            workers: self.workers.into(),
+            item_concurrency: self.item_concurrency.into(),
+            page_size: self.page_size.map(|p| p as i32),
+            dry_run: self.dry_run,
+            rerun: self.rerun,
+            max_errors: Some(self.max_errors),
+            dead_letter,
+            state_table: self.state.state_table.clone(),
+            backoff: Default::default(),
+        }
+    }
+}
+
+/// `dynbulk status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Connection.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// State.
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Show status on this table instead of each migration's own.
+    #[arg(long, value_name = "NAME")]
+    pub table: Option<String>,
+}
+
+/// `dynbulk new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// What the migration does, in a few words ("backfill order totals").
+    #[arg(required = true, num_args = 1..)]
+    pub description: Vec<String>,
+    /// The migrations folder of the dynbulk source tree.
+    #[arg(long, default_value = "migrations", value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn segments_out_of_range_are_rejected() {
+        assert!(Cli::try_parse_from(["dynbulk", "run", "--segments", "0"]).is_err());
+        assert!(Cli::try_parse_from(["dynbulk", "run", "--segments", "1000001"]).is_err());
+        assert!(Cli::try_parse_from(["dynbulk", "run", "--segments", "1000000"]).is_ok());
+    }
+}

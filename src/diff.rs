@@ -1,0 +1,287 @@
+//! Turns a transform's decision into a conditional write: pure logic, no I/O.
+//!
+//! An update becomes `SET`/`REMOVE` of the changed attributes only. Its
+//! condition requires every attribute the transform read or wrote to still hold
+//! the value seen in the scan (`#a = :v`, or `attribute_not_exists(#a)` when it
+//! was absent) and the item to still exist. If the application wrote any of
+//! those attributes in between, DynamoDB rejects the write with
+//! ConditionalCheckFailed and the writer re-reads and re-applies.
+
+use std::collections::{BTreeSet, HashMap};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::migration::{Attrs, Change, Update};
+
+/// A planned write for one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Planned {
+    /// Nothing to write: the transform kept the item or changed nothing.
+    Unchanged,
+    /// A conditional UpdateItem.
+    Update(Expr),
+    /// A conditional DeleteItem.
+    Delete(Expr),
+}
+
+/// An update (possibly empty for deletes) and condition expression with their
+/// placeholder maps.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Expr {
+    /// `SET #n0 = :v0 REMOVE #n1`, empty for deletes.
+    pub update: String,
+    /// The condition every write carries.
+    pub condition: String,
+    /// `#nX` -> attribute name.
+    pub names: HashMap<String, String>,
+    /// `:vX` -> value.
+    pub values: HashMap<String, AttributeValue>,
+    /// The attributes set or removed (for reports and dry-run samples).
+    pub changed: Vec<String>,
+}
+
+/// Why a change cannot be written.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The transform tried to set or remove a key attribute.
+    #[error("the transform changes key attribute {0:?}; key attributes cannot be updated (delete and re-create the item in a migration of its own)")]
+    KeyChange(String),
+}
+
+/// Plans the write for `change` on an item scanned as `old`, given the table's
+/// key attribute names and the attributes the transform read.
+///
+/// # Errors
+/// [`PlanError::KeyChange`] when the change touches a key attribute with a new value.
+pub fn plan(
+    keys: &[String],
+    old: &Attrs,
+    read: &BTreeSet<String>,
+    change: &Change,
+) -> Result<Planned, PlanError> {
+    match change {
+        Change::Keep => Ok(Planned::Unchanged),
+        Change::Delete => {
+            let mut b = Builder::default();
+            b.condition(keys, old, read.iter());
+            Ok(Planned::Delete(b.finish()))
+        }
+        Change::Update(update) => {
+            let effective = effective(old, update);
+            for name in effective.names() {
+                if keys.iter().any(|k| k == name) {
+                    return Err(PlanError::KeyChange(name.clone()));
+                }
+            }
+            if effective.is_empty() {
+                return Ok(Planned::Unchanged);
+            }
+            let mut b = Builder::default();
+            let mut sets = Vec::new();
+            for (name, value) in &effective.set {
+                let n = b.name(name);
+                let v = b.value(value.clone());
+                sets.push(format!("{n} = {v}"));
+                b.changed.push(name.clone());
+            }
+            let mut removes = Vec::new();
+            for name in &effective.remove {
+                removes.push(b.name(name));
+                b.changed.push(name.clone());
+            }
+            let mut update_expr = String::new();
+            if !sets.is_empty() {
+                update_expr.push_str("SET ");
+                update_expr.push_str(&sets.join(", "));
+            }
+            if !removes.is_empty() {
+                if !update_expr.is_empty() {
+                    update_expr.push(' ');
+                }
+                update_expr.push_str("REMOVE ");
+                update_expr.push_str(&removes.join(", "));
+            }
+            let guarded: BTreeSet<&String> = read.iter().chain(effective.names()).collect();
+            b.condition(keys, old, guarded.into_iter());
+            let mut expr = b.finish();
+            expr.update = update_expr;
+            Ok(Planned::Update(expr))
+        }
+    }
+}
+
+/// Drops the parts of an update that would not change anything: setting an
+/// attribute to the value it has, removing one that is absent. What is left is
+/// what gets written, so a re-run of an idempotent transform writes nothing.
+pub fn effective(old: &Attrs, update: &Update) -> Update {
+    let mut out = Update::new();
+    for (name, value) in &update.set {
+        if old.get(name) != Some(value) {
+            out.set.insert(name.clone(), value.clone());
+        }
+    }
+    for name in &update.remove {
+        if old.contains_key(name) {
+            out.remove.insert(name.clone());
+        }
+    }
+    out
+}
+
+#[derive(Default)]
+struct Builder {
+    names: HashMap<String, String>,
+    by_name: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+    conditions: Vec<String>,
+    changed: Vec<String>,
+}
+
+impl Builder {
+    fn name(&mut self, name: &str) -> String {
+        if let Some(p) = self.by_name.get(name) {
+            return p.clone();
+        }
+        let p = format!("#n{}", self.by_name.len());
+        self.by_name.insert(name.to_owned(), p.clone());
+        self.names.insert(p.clone(), name.to_owned());
+        p
+    }
+
+    fn value(&mut self, value: AttributeValue) -> String {
+        let p = format!(":v{}", self.values.len());
+        self.values.insert(p.clone(), value);
+        p
+    }
+
+    /// The item must still exist (its first key attribute is present) and every
+    /// guarded attribute must hold its scanned value.
+    fn condition<'a>(
+        &mut self,
+        keys: &[String],
+        old: &Attrs,
+        guarded: impl Iterator<Item = &'a String>,
+    ) {
+        if let Some(k) = keys.first() {
+            let n = self.name(k);
+            self.conditions.push(format!("attribute_exists({n})"));
+        }
+        for name in guarded {
+            if keys.iter().any(|k| k == name) {
+                continue; // the key addresses the item; it cannot differ
+            }
+            let n = self.name(name);
+            match old.get(name) {
+                Some(v) => {
+                    let v = self.value(v.clone());
+                    self.conditions.push(format!("{n} = {v}"));
+                }
+                None => self.conditions.push(format!("attribute_not_exists({n})")),
+            }
+        }
+    }
+
+    fn finish(self) -> Expr {
+        Expr {
+            update: String::new(),
+            condition: self.conditions.join(" AND "),
+            names: self.names,
+            values: self.values,
+            changed: self.changed,
+        }
+    }
+}
+
+/// Extracts the key attributes of an item.
+pub fn key_of(keys: &[String], item: &Attrs) -> Attrs {
+    keys.iter()
+        .filter_map(|k| item.get(k).map(|v| (k.clone(), v.clone())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.into())
+    }
+
+    fn keys() -> Vec<String> {
+        vec!["pk".into(), "sk".into()]
+    }
+
+    fn item() -> Attrs {
+        HashMap::from([
+            ("pk".into(), s("a")),
+            ("sk".into(), s("1")),
+            ("status".into(), s("pending")),
+        ])
+    }
+
+    #[test]
+    fn update_sets_only_what_changed_and_guards_what_was_read() {
+        let read = BTreeSet::from(["status".to_string()]);
+        let change = Change::Update(
+            Update::new()
+                .set("statusCategory", "active")
+                .set("status", "pending"),
+        );
+        let Planned::Update(e) = plan(&keys(), &item(), &read, &change).unwrap() else {
+            panic!("expected an update")
+        };
+        assert_eq!(e.changed, vec!["statusCategory".to_string()]);
+        assert_eq!(e.update, "SET #n0 = :v0");
+        assert_eq!(e.names["#n0"], "statusCategory");
+        assert_eq!(
+            e.condition,
+            "attribute_exists(#n1) AND #n2 = :v1 AND attribute_not_exists(#n0)"
+        );
+        assert_eq!(e.names["#n2"], "status");
+        assert_eq!(e.values[":v1"], s("pending"));
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_is_unchanged() {
+        let change = Change::Update(Update::new().set("status", "pending").remove("absent"));
+        assert_eq!(
+            plan(&keys(), &item(), &BTreeSet::new(), &change).unwrap(),
+            Planned::Unchanged
+        );
+    }
+
+    #[test]
+    fn changing_a_key_is_refused() {
+        let change = Change::Update(Update::new().set("sk", "2"));
+        assert_eq!(
+            plan(&keys(), &item(), &BTreeSet::new(), &change),
+            Err(PlanError::KeyChange("sk".into()))
+        );
+        // Setting a key to the value it has is harmless and allowed.
+        let same = Change::Update(Update::new().set("sk", "1"));
+        assert_eq!(
+            plan(&keys(), &item(), &BTreeSet::new(), &same).unwrap(),
+            Planned::Unchanged
+        );
+    }
+
+    #[test]
+    fn deletes_are_conditional_on_what_was_read() {
+        let read = BTreeSet::from(["status".to_string()]);
+        let Planned::Delete(e) = plan(&keys(), &item(), &read, &Change::Delete).unwrap() else {
+            panic!("expected a delete")
+        };
+        assert_eq!(e.condition, "attribute_exists(#n0) AND #n1 = :v0");
+        assert!(e.update.is_empty());
+    }
+
+    #[test]
+    fn remove_produces_remove_clause() {
+        let change = Change::Update(Update::new().remove("status").set("x", "1"));
+        let Planned::Update(e) = plan(&keys(), &item(), &BTreeSet::new(), &change).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.update, "SET #n0 = :v0 REMOVE #n1");
+    }
+}

@@ -1,0 +1,460 @@
+//! The ledger: which migrations were applied to which table, when, by whom,
+//! with what result. Lives in the state table (created on first use, on-demand
+//! billing), next to the data, so nothing needs installing.
+//!
+//! Layout: partition `ledger#<table>`, sort key `<migration id>`; one item per
+//! migration per target table (the same migration is applied separately to
+//! `orders-dev` and `orders-prod`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+
+use crate::backoff::{retry, Attempts, Backoff};
+use crate::error::{AwsError, Error, Result};
+use crate::report::{Counts, Outcome, Report};
+
+/// Default state table name.
+pub const DEFAULT_STATE_TABLE: &str = "dynbulk-state";
+
+/// The layout version this build writes and reads.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// A migration's status on one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Never run (no ledger entry).
+    Pending,
+    /// A run started and has not finished (running now, or died).
+    InProgress,
+    /// The last run completed; every item was processed.
+    Applied,
+    /// The last run stopped early or with failed items.
+    Failed,
+}
+
+impl Status {
+    /// The word stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::InProgress => "in_progress",
+            Status::Applied => "applied",
+            Status::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "in_progress" => Status::InProgress,
+            "applied" => Status::Applied,
+            "failed" => Status::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One ledger entry: a migration on a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Migration id.
+    pub migration: String,
+    /// Target table.
+    pub table: String,
+    /// Status.
+    pub status: Status,
+    /// Run start (RFC 3339).
+    pub started_at: String,
+    /// Run end (RFC 3339), if it ended.
+    pub finished_at: Option<String>,
+    /// `user@host` of the runner.
+    pub runner: String,
+    /// Counts of the last run.
+    pub counts: Counts,
+    /// What the schema step did.
+    pub schema: Option<String>,
+    /// How many runs this migration had on this table.
+    pub runs: u64,
+}
+
+/// The ledger in a state table.
+#[derive(Clone)]
+pub struct Ledger {
+    client: Client,
+    table: String,
+}
+
+impl Ledger {
+    /// A ledger in `state_table`. Nothing is sent until it is used.
+    pub fn new(client: Client, state_table: impl Into<String>) -> Self {
+        Ledger {
+            client,
+            table: state_table.into(),
+        }
+    }
+
+    /// The state table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Whether the state table exists, checking that it has the layout this build uses.
+    ///
+    /// # Errors
+    /// When the table exists with another key schema, or DynamoDB cannot be asked.
+    pub async fn exists(&self) -> Result<bool> {
+        let out = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await;
+        match out {
+            Ok(out) => {
+                let keys: Vec<(String, KeyType)> = out
+                    .table
+                    .map(|t| {
+                        t.key_schema()
+                            .iter()
+                            .map(|k| (k.attribute_name().to_owned(), k.key_type().clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let expected = vec![
+                    ("pk".to_string(), KeyType::Hash),
+                    ("sk".to_string(), KeyType::Range),
+                ];
+                if keys != expected {
+                    return Err(Error::State {
+                        table: self.table.clone(),
+                        message: format!(
+                            "exists but is not a dynbulk state table (key schema {keys:?}, expected pk HASH + sk RANGE); pass another --state-table"
+                        ),
+                    });
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                let e = AwsError::from_sdk(e);
+                if e.code.as_deref() == Some("ResourceNotFoundException") {
+                    Ok(false)
+                } else {
+                    Err(Error::aws(
+                        format!("describing state table {}", self.table),
+                        e,
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Creates the state table if it is missing (on-demand billing) and waits until it is active.
+    ///
+    /// # Errors
+    /// When the table cannot be created or does not become active.
+    pub async fn ensure(&self) -> Result<()> {
+        if self.exists().await? {
+            return self.wait_active().await;
+        }
+        tracing::info!(table = %self.table, "creating the state table (on-demand billing)");
+        let attr = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("name and type are set")
+        };
+        let key = |n: &str, t: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(t)
+                .build()
+                .expect("name and type are set")
+        };
+        let r = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(attr("pk"))
+            .attribute_definitions(attr("sk"))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await;
+        if let Err(e) = r {
+            let e = AwsError::from_sdk(e);
+            // Another runner created it at the same moment: fine.
+            if e.code.as_deref() != Some("ResourceInUseException") {
+                return Err(Error::aws(
+                    format!("creating state table {}", self.table),
+                    e,
+                ));
+            }
+        }
+        self.wait_active().await
+    }
+
+    async fn wait_active(&self) -> Result<()> {
+        for _ in 0..600 {
+            let out = self
+                .client
+                .describe_table()
+                .table_name(&self.table)
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::aws(
+                        format!("describing state table {}", self.table),
+                        AwsError::from_sdk(e),
+                    )
+                })?;
+            if out.table.and_then(|t| t.table_status) == Some(TableStatus::Active) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::State {
+            table: self.table.clone(),
+            message: "did not become ACTIVE within 60 seconds".into(),
+        })
+    }
+
+    /// The entry of `migration` on `table`, if any. A missing state table means no entries.
+    ///
+    /// # Errors
+    /// When the entry cannot be read or was written by an incompatible version.
+    pub async fn get(&self, table: &str, migration: &str) -> Result<Option<Entry>> {
+        let out = retry(&Backoff::default(), &mut Attempts::default(), || async {
+            self.client
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", AttributeValue::S(partition(table)))
+                .key("sk", AttributeValue::S(migration.to_owned()))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(AwsError::from_sdk)
+        })
+        .await;
+        let out = match out {
+            Ok(o) => o,
+            Err(e) if e.code.as_deref() == Some("ResourceNotFoundException") => return Ok(None),
+            Err(e) => {
+                return Err(Error::aws(
+                    format!("reading the ledger in state table {}", self.table),
+                    e,
+                ))
+            }
+        };
+        out.item.map(|i| self.decode(&i)).transpose()
+    }
+
+    /// Records that a run of `migration` on `table` started.
+    ///
+    /// # Errors
+    /// When the state table cannot be written.
+    pub async fn begin(&self, table: &str, migration: &str, runner: &str, runs: u64) -> Result<()> {
+        let mut item = self.base(table, migration);
+        item.insert("status".into(), s(Status::InProgress.as_str()));
+        item.insert("started_at".into(), s(&now()));
+        item.insert("runner".into(), s(runner));
+        item.insert("runs".into(), n(runs));
+        self.put(item).await
+    }
+
+    /// Records how a run ended.
+    ///
+    /// # Errors
+    /// When the state table cannot be written.
+    pub async fn finish(
+        &self,
+        report: &Report,
+        runner: &str,
+        started_at: &str,
+        runs: u64,
+    ) -> Result<()> {
+        let status = match report.outcome {
+            Outcome::Done | Outcome::Skipped => Status::Applied,
+            Outcome::DoneWithFailures | Outcome::Stopped => Status::Failed,
+        };
+        let mut item = self.base(&report.table, &report.migration);
+        item.insert("status".into(), s(status.as_str()));
+        item.insert("started_at".into(), s(started_at));
+        item.insert("finished_at".into(), s(&now()));
+        item.insert("runner".into(), s(runner));
+        item.insert("runs".into(), n(runs));
+        let c = report.counts;
+        for (name, v) in [
+            ("scanned", c.scanned),
+            ("updated", c.updated),
+            ("deleted", c.deleted),
+            ("unchanged", c.unchanged),
+            ("failed", c.failed),
+            ("conflicts", c.conflicts),
+        ] {
+            item.insert(name.into(), n(v));
+        }
+        if let Some(schema) = &report.schema {
+            item.insert("schema".into(), s(schema));
+        }
+        self.put(item).await
+    }
+
+    /// Every entry for `table`.
+    ///
+    /// # Errors
+    /// When the ledger cannot be read or holds entries from an incompatible version.
+    pub async fn entries(&self, table: &str) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :p")
+                .expression_attribute_values(":p", AttributeValue::S(partition(table)))
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = AwsError::from_sdk(e);
+                    if e.code.as_deref() == Some("ResourceNotFoundException") {
+                        return Ok(out);
+                    }
+                    return Err(Error::aws(
+                        format!("reading the ledger in state table {}", self.table),
+                        e,
+                    ));
+                }
+            };
+            for item in page.items() {
+                out.push(self.decode(item)?);
+            }
+            start = page.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn base(&self, table: &str, migration: &str) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            ("pk".into(), s(&partition(table))),
+            ("sk".into(), s(migration)),
+            ("table".into(), s(table)),
+            ("migration".into(), s(migration)),
+            ("schema_version".into(), s(SCHEMA_VERSION)),
+        ])
+    }
+
+    async fn put(&self, item: HashMap<String, AttributeValue>) -> Result<()> {
+        retry(&Backoff::default(), &mut Attempts::default(), || {
+            let req = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()));
+            async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+        })
+        .await
+        .map_err(|e| {
+            Error::aws(
+                format!("writing the ledger in state table {}", self.table),
+                e,
+            )
+        })
+    }
+
+    fn decode(&self, item: &HashMap<String, AttributeValue>) -> Result<Entry> {
+        let bad = |what: &str| {
+            Error::State {
+            table: self.table.clone(),
+            message: format!(
+                "a ledger entry {what}; it was written by an incompatible dynbulk version or edited by hand. \
+                 Upgrade dynbulk, or point --state-table at a new table"
+            ),
+        }
+        };
+        let get_s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+        let get_n = |k: &str| {
+            item.get(k)
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        match get_s("schema_version").as_deref() {
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(bad(&format!(
+                    "has layout version {v:?}, this build reads {SCHEMA_VERSION:?}"
+                )))
+            }
+            None => return Err(bad("has no layout version")),
+        }
+        let status = get_s("status")
+            .and_then(|s| Status::parse(&s))
+            .ok_or_else(|| bad("has no valid status"))?;
+        Ok(Entry {
+            migration: get_s("migration").ok_or_else(|| bad("has no migration id"))?,
+            table: get_s("table").ok_or_else(|| bad("has no table"))?,
+            status,
+            started_at: get_s("started_at").unwrap_or_default(),
+            finished_at: get_s("finished_at"),
+            runner: get_s("runner").unwrap_or_default(),
+            counts: Counts {
+                scanned: get_n("scanned"),
+                updated: get_n("updated"),
+                deleted: get_n("deleted"),
+                unchanged: get_n("unchanged"),
+                failed: get_n("failed"),
+                conflicts: get_n("conflicts"),
+                throttled: 0,
+                transient: 0,
+            },
+            schema: get_s("schema"),
+            runs: get_n("runs"),
+        })
+    }
+}
+
+fn partition(table: &str) -> String {
+    format!("ledger#{table}")
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// The current time, RFC 3339, seconds precision, UTC.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `user@host` of this process, for the ledger and (later) locks.
+pub fn runner_identity() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("{user}@{host}")
+}

@@ -1,0 +1,53 @@
+//! dynbulk runs data migrations and backfills over large Amazon DynamoDB tables:
+//! safely (conditional writes that never lose an application's update),
+//! politely (within the capacity the operator grants) and in parallel
+//! (segmented scans feeding a bounded worker pool).
+//!
+//! A [`migration::Migration`] names a table and transforms one item at a time;
+//! [`run::run`] applies it to every item of the table and returns a
+//! [`report::Report`].
+//!
+//! # Layout
+//!
+//! - [`cli`]: clap definitions and their validation into a [`run::Plan`].
+//! - [`client`]: the one shared DynamoDB client (SDK retries off).
+//! - [`migration`]: the `Migration` trait, `Item` (read-tracking), `Change`, `Update`.
+//! - [`migrations`]: the migrations compiled into this build (top-level `migrations/`).
+//! - [`run`]: one migration's run: ledger, schema step, the pipeline.
+//! - [`scan`]: segment tasks sending pages into the bounded channel.
+//! - [`worker`]: the pool that applies transforms to pages.
+//! - [`write`]: one item's transform, conditional write, conflict re-read; dry run.
+//! - [`diff`]: pure change-to-expression logic (SET/REMOVE + condition).
+//! - [`backoff`]: jittered exponential retry; the one retry policy.
+//! - [`error`]: the error type and the classification of AWS errors.
+//! - [`table`]: DescribeTable facts about the target table.
+//! - [`schema`]: idempotent schema steps (TTL, GSI).
+//! - [`ledger`]: the state table's record of what ran where.
+//! - [`status`]: the `dynbulk status` listing.
+//! - [`deadletter`]: the JSON-lines file of failed items.
+//! - [`report`]: counters and the run report.
+//! - [`scaffold`]: `dynbulk new`.
+//! - [`sample`]: generated sample orders for the demo and the tests.
+
+pub mod backoff;
+pub mod cli;
+pub mod client;
+pub mod deadletter;
+pub mod diff;
+pub mod error;
+pub mod ledger;
+pub mod migration;
+#[path = "../migrations/mod.rs"]
+pub mod migrations;
+pub mod report;
+pub mod run;
+pub mod sample;
+pub mod scaffold;
+pub mod scan;
+pub mod schema;
+pub mod status;
+pub mod table;
+pub mod worker;
+pub mod write;
+
+pub use error::{Error, Result};

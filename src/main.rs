@@ -1,0 +1,196 @@
+//! The `dynbulk` binary: parse arguments, install logging, call the library,
+//! print results, map them to an exit code (0 done, 1 item failures, 2 fatal or
+//! bad usage, 130 interrupted).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use dynbulk::cli::{Cli, Command, LogFormat, RunArgs, StatusArgs};
+use dynbulk::migration::Migration;
+use dynbulk::report::Outcome;
+use dynbulk::{client, ledger, migrations, run, scaffold, status};
+
+const EXIT_ITEM_FAILURES: u8 = 1;
+const EXIT_FATAL: u8 = 2;
+const EXIT_INTERRUPTED: u8 = 130;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,dynbulk=info",
+        2 => "info,dynbulk=debug",
+        _ => "debug,dynbulk=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DYNBULK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Run(args) => run_command(args).await,
+        Command::Status(args) => status_command(args).await,
+        Command::List => {
+            for m in migrations::all() {
+                println!(
+                    "{}  {}  {}",
+                    m.id(),
+                    m.table().unwrap_or("(--table)"),
+                    m.description()
+                );
+            }
+            Ok(0)
+        }
+        Command::New(args) => {
+            let description = args.description.join(" ");
+            let file =
+                scaffold::create(&args.dir, &description, chrono::Local::now().date_naive())?;
+            println!("created {}", file.display());
+            println!(
+                "registered it in {}; rebuild dynbulk to include it",
+                args.dir.join("mod.rs").display()
+            );
+            Ok(0)
+        }
+    }
+}
+
+/// Picks the migrations to run: one by id, or all in id order.
+fn selected(id: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Migration>>> {
+    let all = migrations::all();
+    match id {
+        None => Ok(all),
+        Some(id) => all
+            .iter()
+            .find(|m| m.id() == id)
+            .cloned()
+            .map(|m| vec![m])
+            .ok_or_else(|| {
+                let known: Vec<_> = all.iter().map(|m| m.id()).collect();
+                anyhow!(
+                "unknown migration {id:?}; registered migrations: {}. `dynbulk list` shows them",
+                known.join(", ")
+            )
+            }),
+    }
+}
+
+async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
+    let plan = args.plan();
+    let chosen = selected(args.migration.as_deref())?;
+    // Resolve every target table before touching anything.
+    let mut targets = Vec::new();
+    for m in chosen {
+        let table = args
+            .table
+            .clone()
+            .or_else(|| m.table().map(str::to_owned))
+            .ok_or_else(|| anyhow!("migration {} names no table; pass --table NAME", m.id()))?;
+        targets.push((m, table));
+    }
+    let client = client::build(&args.connection.connection())
+        .await
+        .map_err(|e| anyhow!(e))?;
+
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            eprintln!("interrupt received: finishing in-flight writes, then stopping");
+            shutdown.cancel();
+        });
+    }
+    if plan.dry_run {
+        println!("DRY RUN: no write of any kind will be sent");
+    }
+    let mut code = 0;
+    for (migration, table) in targets {
+        let id = migration.id().to_owned();
+        match run::run(&client, migration, &table, &plan, shutdown.clone()).await {
+            Ok(report) => {
+                print!("{report}");
+                match report.outcome {
+                    Outcome::Done | Outcome::Skipped => {}
+                    Outcome::DoneWithFailures => code = code.max(EXIT_ITEM_FAILURES),
+                    Outcome::Stopped => {
+                        println!("interrupted; run the same command again to resume");
+                        return Ok(EXIT_INTERRUPTED);
+                    }
+                }
+            }
+            Err(failure) => {
+                if let Some(report) = &failure.report {
+                    print!("{report}");
+                }
+                return Err(anyhow::Error::new(failure.error))
+                    .with_context(|| format!("migration {id} on table {table} failed"));
+            }
+        }
+    }
+    Ok(code)
+}
+
+async fn status_command(args: StatusArgs) -> anyhow::Result<u8> {
+    let client = client::build(&args.connection.connection())
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let ledger = ledger::Ledger::new(client, args.state.state_table.clone());
+    let rows = status::collect(&ledger, &migrations::all(), args.table.as_deref()).await?;
+    print!("{}", status::render(&rows));
+    Ok(0)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,389 @@
+//! What a migration is: an id, a target table, optional scan options and schema
+//! step, and a per-item transform that decides a [`Change`].
+//!
+//! The transform sees an [`Item`], which records every attribute it reads. The
+//! writer conditions its write on those attributes (and the ones it changes)
+//! still holding the scanned values, so an application write that lands between
+//! our read and our write is never overwritten (see [`crate::diff`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A DynamoDB item as the SDK represents it.
+pub type Attrs = HashMap<String, AttributeValue>;
+
+/// One versioned, named change to a table's items.
+///
+/// Transforms must be idempotent: applied to their own output they return
+/// [`Change::Keep`] (or an update that changes nothing). A run may process an
+/// item more than once (after a crash, or after a write conflict).
+pub trait Migration: Send + Sync {
+    /// `YYYYMMDD_description`, unique; migrations run in id order.
+    fn id(&self) -> &'static str;
+    /// One sentence saying what the migration does and why.
+    fn description(&self) -> &'static str;
+    /// The table the migration targets, unless the operator passes `--table`.
+    fn table(&self) -> Option<&'static str> {
+        None
+    }
+    /// Projection, filter and read consistency for the scan.
+    fn scan_options(&self) -> ScanOptions {
+        ScanOptions::default()
+    }
+    /// A schema change applied (idempotently) before the data step.
+    fn schema_step(&self) -> Option<SchemaStep> {
+        None
+    }
+    /// Decides what happens to one item. An `Err` sends the item to the
+    /// dead-letter file; the run continues.
+    fn transform(&self, item: &Item) -> Result<Change, TransformError>;
+}
+
+/// Scan options a migration may set.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Attribute names to read; `None` reads whole items. Key attributes are
+    /// always added. A projected scan still writes correctly: the condition only
+    /// covers attributes the transform saw.
+    pub projection: Option<Vec<String>>,
+    /// A filter expression, e.g. `attribute_exists(#s)`.
+    pub filter: Option<String>,
+    /// Names used by `filter` (`#s` -> `status`).
+    pub filter_names: HashMap<String, String>,
+    /// Values used by `filter` (`:v` -> value).
+    pub filter_values: HashMap<String, AttributeValue>,
+    /// Strongly consistent reads (twice the read cost).
+    pub consistent_read: bool,
+}
+
+/// Declarative, idempotent schema changes run before the data step. dynbulk
+/// checks the table's current description first and does nothing when the
+/// change is already there.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SchemaStep {
+    /// Turn on TTL on the given attribute.
+    EnableTtl {
+        /// Attribute that holds the expiry time (epoch seconds).
+        attribute: String,
+    },
+    /// Add a global secondary index (projection ALL) and wait until it is active.
+    AddGlobalSecondaryIndex {
+        /// Index name.
+        name: String,
+        /// Partition key attribute (string type).
+        hash_key: String,
+        /// Optional sort key attribute (string type).
+        range_key: Option<String>,
+    },
+}
+
+/// What the transform decided for one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Leave the item as it is.
+    Keep,
+    /// Set and remove attributes. An update that changes nothing counts as unchanged.
+    Update(Update),
+    /// Delete the item.
+    Delete,
+}
+
+/// Attribute changes: values to set, names to remove.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Update {
+    /// Attributes to set to a value.
+    pub set: BTreeMap<String, AttributeValue>,
+    /// Attributes to remove.
+    pub remove: BTreeSet<String>,
+}
+
+impl Update {
+    /// An empty update.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `name` to `value`.
+    pub fn set(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        let name = name.into();
+        self.remove.remove(&name);
+        self.set.insert(name, value.into().0);
+        self
+    }
+
+    /// Removes `name`.
+    pub fn remove(mut self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.set.remove(&name);
+        self.remove.insert(name);
+        self
+    }
+
+    /// The update that turns `old` into `new`: every attribute that differs is
+    /// set, every attribute missing from `new` is removed.
+    pub fn diff(old: &Attrs, new: &Attrs) -> Self {
+        let mut update = Update::new();
+        for (name, value) in new {
+            if old.get(name) != Some(value) {
+                update.set.insert(name.clone(), value.clone());
+            }
+        }
+        for name in old.keys() {
+            if !new.contains_key(name) {
+                update.remove.insert(name.clone());
+            }
+        }
+        update
+    }
+
+    /// True when the update sets and removes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    /// Every attribute name the update touches.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.set.keys().chain(self.remove.iter())
+    }
+}
+
+impl From<Update> for Change {
+    fn from(u: Update) -> Self {
+        Change::Update(u)
+    }
+}
+
+/// An attribute value; `From` impls let transforms write `"active"` or `42`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Value(pub AttributeValue);
+
+impl From<AttributeValue> for Value {
+    fn from(v: AttributeValue) -> Self {
+        Value(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value(AttributeValue::S(v.to_owned()))
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value(AttributeValue::S(v))
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value(AttributeValue::Bool(v))
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value(AttributeValue::N(v.to_string()))
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value(AttributeValue::N(v.to_string()))
+    }
+}
+
+/// A transform's failure for one item; recorded in the dead-letter file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct TransformError(pub String);
+
+impl TransformError {
+    /// A transform error with a message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        TransformError(msg.into())
+    }
+}
+
+impl From<serde_dynamo::Error> for TransformError {
+    fn from(e: serde_dynamo::Error) -> Self {
+        TransformError(format!("item does not match the migration's type: {e}"))
+    }
+}
+
+/// An item handed to a transform. Reads are recorded: every attribute the
+/// transform looks at becomes part of the write's condition.
+#[derive(Debug)]
+pub struct Item {
+    attrs: Attrs,
+    read: Mutex<BTreeSet<String>>,
+}
+
+impl Item {
+    /// Wraps scanned attributes.
+    pub fn new(attrs: Attrs) -> Self {
+        Item {
+            attrs,
+            read: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    fn note(&self, name: &str) {
+        self.read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
+    }
+
+    /// The attribute `name`, if present. Records the read, present or not.
+    pub fn get(&self, name: &str) -> Option<&AttributeValue> {
+        self.note(name);
+        self.attrs.get(name)
+    }
+
+    /// The string attribute `name`; `None` when absent or not a string.
+    pub fn get_s(&self, name: &str) -> Option<&str> {
+        self.get(name)
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str)
+    }
+
+    /// The number attribute `name` parsed as f64; `None` when absent or not a number.
+    pub fn get_n(&self, name: &str) -> Option<f64> {
+        self.get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+    }
+
+    /// All attributes, raw. Counts as reading every attribute, so the write is
+    /// conditioned on the whole item being unchanged.
+    pub fn attrs(&self) -> &Attrs {
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.extend(self.attrs.keys().cloned());
+        &self.attrs
+    }
+
+    /// Deserializes the item into `T` with serde_dynamo. The attributes `T`
+    /// serializes back to count as read.
+    ///
+    /// # Errors
+    /// When the item does not match `T`'s shape.
+    pub fn parse<T: DeserializeOwned + Serialize>(&self) -> Result<T, TransformError> {
+        let value: T = serde_dynamo::from_item(self.attrs.clone())?;
+        let back: Attrs = serde_dynamo::to_item(&value)?;
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.extend(back.into_keys());
+        Ok(value)
+    }
+
+    /// The update that makes the item equal to `value` in the attributes `T`
+    /// knows about (attributes `T` does not have are left alone; `None` fields
+    /// serialized as NULL are set to NULL, skipped fields are left alone).
+    ///
+    /// # Errors
+    /// When `value` cannot be serialized to an item.
+    pub fn update_from<T: Serialize>(&self, value: &T) -> Result<Update, TransformError> {
+        let new: Attrs = serde_dynamo::to_item(value)?;
+        let mut update = Update::new();
+        for (name, v) in new {
+            if self.attrs.get(&name) != Some(&v) {
+                update.set.insert(name, v);
+            }
+        }
+        Ok(update)
+    }
+
+    /// The names the transform has read so far.
+    pub fn read_set(&self) -> BTreeSet<String> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The scanned attributes, without recording a read (for dynbulk itself).
+    pub fn scanned(&self) -> &Attrs {
+        &self.attrs
+    }
+
+    /// Unwraps into the scanned attributes.
+    pub fn into_attrs(self) -> Attrs {
+        self.attrs
+    }
+}
+
+/// Checks that an id has the `YYYYMMDD_description` shape.
+pub fn valid_id(id: &str) -> bool {
+    let (date, rest) = match id.split_once('_') {
+        Some(p) => p,
+        None => return false,
+    };
+    date.len() == 8
+        && date.bytes().all(|b| b.is_ascii_digit())
+        && chrono::NaiveDate::parse_from_str(date, "%Y%m%d").is_ok()
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.into())
+    }
+
+    #[test]
+    fn reads_are_recorded_even_for_missing_attributes() {
+        let item = Item::new(HashMap::from([("a".into(), s("1"))]));
+        assert_eq!(item.get_s("a"), Some("1"));
+        assert!(item.get("missing").is_none());
+        assert_eq!(
+            item.read_set(),
+            BTreeSet::from(["a".to_string(), "missing".to_string()])
+        );
+    }
+
+    #[test]
+    fn typed_parse_records_the_fields_of_the_type() {
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct Order {
+            status: Option<String>,
+        }
+        let item = Item::new(HashMap::from([
+            ("status".into(), s("x")),
+            ("blob".into(), s("y")),
+        ]));
+        let o: Order = item.parse().unwrap();
+        assert_eq!(o.status.as_deref(), Some("x"));
+        assert_eq!(item.read_set(), BTreeSet::from(["status".to_string()]));
+    }
+
+    #[test]
+    fn diff_sets_changed_and_removes_missing() {
+        let old = HashMap::from([
+            ("a".into(), s("1")),
+            ("b".into(), s("2")),
+            ("c".into(), s("3")),
+        ]);
+        let new = HashMap::from([
+            ("a".into(), s("1")),
+            ("b".into(), s("20")),
+            ("d".into(), s("4")),
+        ]);
+        let u = Update::diff(&old, &new);
+        assert_eq!(
+            u.set,
+            BTreeMap::from([("b".to_string(), s("20")), ("d".to_string(), s("4"))])
+        );
+        assert_eq!(u.remove, BTreeSet::from(["c".to_string()]));
+    }
+
+    #[test]
+    fn ids_must_be_dated_and_snake_case() {
+        assert!(valid_id("20241220_add_status_category_fields"));
+        assert!(!valid_id("20241320_bad_month"));
+        assert!(!valid_id("2024122_short"));
+        assert!(!valid_id("20241220_"));
+        assert!(!valid_id("20241220_Upper"));
+        assert!(!valid_id("nodate"));
+    }
+}

@@ -1,0 +1,219 @@
+//! Counting what a run did: live atomic counters shared by all tasks, and the
+//! [`Report`] snapshot a run returns (also when it fails).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Live counters, shared by segment tasks and workers.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Items read by the scan.
+    pub scanned: AtomicU64,
+    /// Items updated (or that would be, in a dry run).
+    pub updated: AtomicU64,
+    /// Items deleted (or that would be).
+    pub deleted: AtomicU64,
+    /// Items the transform left as they were.
+    pub unchanged: AtomicU64,
+    /// Items that failed and went to the dead-letter file.
+    pub failed: AtomicU64,
+    /// Conditional writes rejected because the application changed the item.
+    pub conflicts: AtomicU64,
+    /// Throttled requests (each retried).
+    pub throttled: AtomicU64,
+    /// Transient faults (each retried).
+    pub transient: AtomicU64,
+    /// Scan pages read.
+    pub pages: AtomicU64,
+    /// Segments whose scan finished.
+    pub segments_done: AtomicU64,
+    samples: Mutex<Vec<Sample>>,
+}
+
+/// How many sample diffs a run keeps for its report.
+pub const MAX_SAMPLES: usize = 5;
+
+/// One item's change, for dry-run output: key and changed attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// The item's key, as DynamoDB JSON.
+    pub key: String,
+    /// `Delete`, or the changed attributes: (name, before, after) as DynamoDB JSON,
+    /// `None` meaning absent.
+    pub change: SampleChange,
+}
+
+/// What a sample shows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SampleChange {
+    /// The item is (or would be) deleted.
+    Delete,
+    /// Attributes before -> after.
+    Update(Vec<(String, Option<String>, Option<String>)>),
+}
+
+impl Stats {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Keeps `sample` if fewer than [`MAX_SAMPLES`] are kept.
+    pub fn offer_sample(&self, sample: impl FnOnce() -> Sample) {
+        let mut s = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if s.len() < MAX_SAMPLES {
+            s.push(sample());
+        }
+    }
+
+    /// A snapshot of the counts.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            scanned: self.scanned.load(Relaxed),
+            updated: self.updated.load(Relaxed),
+            deleted: self.deleted.load(Relaxed),
+            unchanged: self.unchanged.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            conflicts: self.conflicts.load(Relaxed),
+            throttled: self.throttled.load(Relaxed),
+            transient: self.transient.load(Relaxed),
+        }
+    }
+
+    /// The samples kept so far.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Item counts of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Items read.
+    pub scanned: u64,
+    /// Items updated.
+    pub updated: u64,
+    /// Items deleted.
+    pub deleted: u64,
+    /// Items left as they were.
+    pub unchanged: u64,
+    /// Items dead-lettered.
+    pub failed: u64,
+    /// Write conflicts with concurrent application writes (each resolved by re-reading).
+    pub conflicts: u64,
+    /// Throttled requests.
+    pub throttled: u64,
+    /// Transient faults.
+    pub transient: u64,
+}
+
+impl Counts {
+    /// Items modified: updated plus deleted.
+    pub fn modified(&self) -> u64 {
+        self.updated + self.deleted
+    }
+}
+
+/// How a migration's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already applied to this table; not run again.
+    Skipped,
+    /// Every item processed; none failed.
+    Done,
+    /// Every item processed; some failed (see the dead-letter file).
+    DoneWithFailures,
+    /// Stopped before the end (shutdown, error budget, fatal error).
+    Stopped,
+}
+
+/// What one migration's run achieved. Returned on failure too.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Migration id.
+    pub migration: String,
+    /// Target table.
+    pub table: String,
+    /// Whether no write was sent.
+    pub dry_run: bool,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Item counts.
+    pub counts: Counts,
+    /// What the schema step did, if the migration has one.
+    pub schema: Option<String>,
+    /// A few example changes.
+    pub samples: Vec<Sample>,
+    /// The dead-letter file, when any item failed.
+    pub dead_letter: Option<PathBuf>,
+    /// Wall-clock duration of the data step.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.counts;
+        let how = match (self.outcome, self.dry_run) {
+            (Outcome::Skipped, _) => "already applied, skipped (pass --rerun to run it again)",
+            (_, true) => "dry run, no writes sent",
+            (Outcome::Done, _) => "done",
+            (Outcome::DoneWithFailures, _) => "done, some items failed",
+            (Outcome::Stopped, _) => "stopped before the end",
+        };
+        writeln!(f, "{} on {}: {}", self.migration, self.table, how)?;
+        if self.outcome == Outcome::Skipped {
+            return Ok(());
+        }
+        if let Some(s) = &self.schema {
+            writeln!(f, "  schema step:    {s}")?;
+        }
+        let (u, d) = if self.dry_run {
+            ("would update", "would delete")
+        } else {
+            ("updated", "deleted")
+        };
+        writeln!(f, "  items scanned:  {}", c.scanned)?;
+        writeln!(f, "  {u}:{:w$}{}", "", c.updated, w = 15 - u.len())?;
+        writeln!(f, "  {d}:{:w$}{}", "", c.deleted, w = 15 - d.len())?;
+        writeln!(f, "  unchanged:      {}", c.unchanged)?;
+        writeln!(f, "  errors:         {}", c.failed)?;
+        writeln!(f, "  conflicts:      {}", c.conflicts)?;
+        writeln!(f, "  throttled:      {}", c.throttled)?;
+        writeln!(f, "  retried faults: {}", c.transient)?;
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            c.scanned as f64 / secs
+        } else {
+            0.0
+        };
+        writeln!(f, "  duration:       {secs:.1}s ({rate:.0} items/s)")?;
+        if let Some(p) = &self.dead_letter {
+            writeln!(f, "  dead letters:   {}", p.display())?;
+        }
+        if !self.samples.is_empty() {
+            writeln!(f, "  sample changes:")?;
+            for s in &self.samples {
+                match &s.change {
+                    SampleChange::Delete => writeln!(f, "    {}: delete", s.key)?,
+                    SampleChange::Update(attrs) => {
+                        writeln!(f, "    {}:", s.key)?;
+                        for (name, before, after) in attrs {
+                            writeln!(
+                                f,
+                                "      {name}: {} -> {}",
+                                before.as_deref().unwrap_or("(absent)"),
+                                after.as_deref().unwrap_or("(removed)")
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

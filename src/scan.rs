@@ -1,0 +1,189 @@
+//! Segment tasks: one parallel-scan segment each, sending pages into the bounded
+//! channel. The channel's bound is what keeps memory flat: a segment waits
+//! when the workers are behind.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::Client;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{retry, Attempts, Backoff};
+use crate::error::{AwsError, Error, Result};
+use crate::migration::{Attrs, ScanOptions};
+use crate::report::Stats;
+
+/// One Scan response: up to 1 MB of items from one segment.
+#[derive(Debug)]
+pub struct Page {
+    /// Segment number, `0..total_segments`.
+    pub segment: u32,
+    /// Page number within the segment, from 0.
+    pub seq: u64,
+    /// The items.
+    pub items: Vec<Attrs>,
+    /// Where the next page starts; `None` on the segment's last page.
+    pub last_key: Option<Attrs>,
+}
+
+/// What every segment task scans.
+#[derive(Debug, Clone)]
+pub struct ScanSpec {
+    /// Table name.
+    pub table: String,
+    /// TotalSegments of the run.
+    pub total_segments: u32,
+    /// Scan `Limit`; `None` lets DynamoDB fill 1 MB pages.
+    pub page_size: Option<i32>,
+    /// The migration's scan options.
+    pub options: ScanOptions,
+    /// Key attribute names (always projected).
+    pub keys: Vec<String>,
+}
+
+/// Scans one segment from `start` to its end, sending each page to `tx`.
+/// Stops early, without error, when `cancel` fires or the receiver is gone.
+///
+/// # Errors
+/// A scan call that fails with a non-retryable error, or keeps failing.
+pub async fn scan_segment(
+    client: Client,
+    spec: Arc<ScanSpec>,
+    segment: u32,
+    start: Option<Attrs>,
+    tx: mpsc::Sender<Page>,
+    cancel: CancellationToken,
+    stats: Arc<Stats>,
+    backoff: Backoff,
+) -> Result<()> {
+    let mut start = start;
+    let mut seq = 0;
+    let (projection, mut names) = projection(&spec);
+    names.extend(spec.options.filter_names.clone());
+    loop {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        let mut attempts = Attempts::default();
+        let out = retry(&backoff, &mut attempts, || {
+            let req = client
+                .scan()
+                .table_name(&spec.table)
+                .segment(segment as i32)
+                .total_segments(spec.total_segments as i32)
+                .consistent_read(spec.options.consistent_read)
+                .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
+                .set_limit(spec.page_size)
+                .set_exclusive_start_key(start.clone())
+                .set_projection_expression(projection.clone())
+                .set_filter_expression(spec.options.filter.clone())
+                .set_expression_attribute_names(if names.is_empty() {
+                    None
+                } else {
+                    Some(names.clone())
+                })
+                .set_expression_attribute_values(if spec.options.filter_values.is_empty() {
+                    None
+                } else {
+                    Some(spec.options.filter_values.clone())
+                });
+            async move { req.send().await.map_err(AwsError::from_sdk) }
+        })
+        .await;
+        stats.throttled.fetch_add(
+            attempts.throttled.into(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        stats.transient.fetch_add(
+            attempts.transient.into(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let out = out.map_err(|e| {
+            Error::aws(
+                format!(
+                    "scanning segment {segment} of {} of table {}",
+                    spec.total_segments, spec.table
+                ),
+                e,
+            )
+        })?;
+        let items = out.items.unwrap_or_default();
+        let last_key = out.last_evaluated_key.filter(|k| !k.is_empty());
+        stats
+            .scanned
+            .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Stats::inc(&stats.pages);
+        let done = last_key.is_none();
+        let page = Page {
+            segment,
+            seq,
+            items,
+            last_key: last_key.clone(),
+        };
+        tokio::select! {
+            sent = tx.send(page) => if sent.is_err() { return Ok(()) },
+            _ = cancel.cancelled() => return Ok(()),
+        }
+        if done {
+            Stats::inc(&stats.segments_done);
+            return Ok(());
+        }
+        seq += 1;
+        start = last_key;
+    }
+}
+
+/// The projection expression (keys always included) and its name placeholders.
+fn projection(spec: &ScanSpec) -> (Option<String>, HashMap<String, String>) {
+    match &spec.options.projection {
+        Some(attrs) => {
+            let (expr, names) = projection_expr(&spec.keys, attrs);
+            (Some(expr), names)
+        }
+        None => (None, HashMap::new()),
+    }
+}
+
+/// A projection expression for `attrs` plus the key attributes, with `#pN`
+/// placeholders (attribute names may be reserved words).
+pub fn projection_expr(keys: &[String], attrs: &[String]) -> (String, HashMap<String, String>) {
+    let mut all: Vec<&String> = keys.iter().collect();
+    for a in attrs {
+        if !all.contains(&a) {
+            all.push(a);
+        }
+    }
+    let mut names = HashMap::new();
+    let mut parts = Vec::new();
+    for (i, a) in all.into_iter().enumerate() {
+        let p = format!("#p{i}");
+        names.insert(p.clone(), a.clone());
+        parts.push(p);
+    }
+    (parts.join(", "), names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn projection_always_includes_keys() {
+        let spec = ScanSpec {
+            table: "t".into(),
+            total_segments: 1,
+            page_size: None,
+            options: ScanOptions {
+                projection: Some(vec!["status".into(), "pk".into()]),
+                ..Default::default()
+            },
+            keys: vec!["pk".into(), "sk".into()],
+        };
+        let (expr, names) = projection(&spec);
+        assert_eq!(expr.as_deref(), Some("#p0, #p1, #p2"));
+        assert_eq!(names["#p0"], "pk");
+        assert_eq!(names["#p1"], "sk");
+        assert_eq!(names["#p2"], "status");
+    }
+}

@@ -1,0 +1,99 @@
+//! The worker pool: takes pages off the bounded channel, applies the migration
+//! to each item (a few items of a page at a time), records failures in the
+//! dead-letter file and enforces the error budget.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::deadletter::DeadLetter;
+use crate::diff::key_of;
+use crate::error::{Error, Result};
+use crate::report::Stats;
+use crate::scan::Page;
+use crate::write::{ItemOutcome, Writer};
+
+/// Why a worker stopped before the channel closed.
+#[derive(Debug)]
+pub enum Stop {
+    /// More items failed than `--max-errors` allows.
+    ErrorBudget(u64),
+    /// An error that stops the run.
+    Fatal(Error),
+}
+
+/// What every worker shares.
+pub struct Pool {
+    /// Writes items.
+    pub writer: Arc<Writer>,
+    /// Failure sink.
+    pub dead_letter: Arc<DeadLetter>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Items of one page in flight at once, per worker.
+    pub item_concurrency: usize,
+    /// Stop when more than this many items failed.
+    pub max_errors: Option<u64>,
+}
+
+/// Runs one worker until the channel is closed and drained.
+///
+/// # Errors
+/// [`Stop`] when the error budget is exceeded or an item hits a fatal error.
+pub async fn work(
+    pool: Arc<Pool>,
+    rx: Arc<Mutex<mpsc::Receiver<Page>>>,
+) -> std::result::Result<(), Stop> {
+    loop {
+        let page = { rx.lock().await.recv().await };
+        let Some(page) = page else { return Ok(()) };
+        process_page(&pool, page).await?;
+    }
+}
+
+async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> {
+    let writer = &pool.writer;
+    let mut results = stream::iter(page.items)
+        .map(|item| async move {
+            let key = key_of(&writer.keys, &item);
+            (key, writer.apply(item).await)
+        })
+        .buffer_unordered(pool.item_concurrency.max(1));
+    let mut fatal = None;
+    while let Some((key, result)) = results.next().await {
+        match result {
+            Ok(ItemOutcome::Unchanged) => Stats::inc(&pool.stats.unchanged),
+            Ok(ItemOutcome::Updated) => Stats::inc(&pool.stats.updated),
+            Ok(ItemOutcome::Deleted) => Stats::inc(&pool.stats.deleted),
+            Ok(ItemOutcome::Failed(reason)) => {
+                Stats::inc(&pool.stats.failed);
+                tracing::warn!(table = %writer.table, migration = writer.migration.id(), key = %crate::deadletter::to_json(&key), error = %reason, "item failed; recorded in the dead-letter file");
+                if let Err(e) = record(pool, &key, &reason).await {
+                    fatal.get_or_insert(e);
+                }
+            }
+            // Let the other in-flight items of the page finish before stopping.
+            Err(e) => {
+                fatal.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = fatal {
+        return Err(Stop::Fatal(e));
+    }
+    if let Some(max) = pool.max_errors {
+        let failed = pool.stats.failed.load(Relaxed);
+        if failed > max {
+            return Err(Stop::ErrorBudget(failed));
+        }
+    }
+    Ok(())
+}
+
+async fn record(pool: &Pool, key: &crate::migration::Attrs, reason: &str) -> Result<()> {
+    pool.dead_letter
+        .record(&pool.writer.table, pool.writer.migration.id(), key, reason)
+        .await
+}

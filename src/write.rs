@@ -1,0 +1,265 @@
+//! Applies a migration to one item: transform, plan the conditional write, send
+//! it, and on a conflict re-read and re-apply (bounded). The only module that
+//! sends data-table writes, and the only place `--dry-run` is decided: in a dry
+//! run this module returns before any write is built into a request, and a
+//! migration's transform never gets a client to write with.
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
+use aws_sdk_dynamodb::Client;
+
+use crate::backoff::{retry, Attempts, Backoff};
+use crate::deadletter::value_json;
+use crate::diff::{self, Expr, Planned};
+use crate::error::{AwsError, Class, Error};
+use crate::migration::{Attrs, Change, Item, Migration};
+use crate::report::{Sample, SampleChange, Stats};
+
+/// How often a conflicting item is re-read and re-applied before it is dead-lettered.
+pub const MAX_CONFLICT_RETRIES: u32 = 8;
+
+/// What happened to one item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemOutcome {
+    /// Left as it was (or already as the transform wants it).
+    Unchanged,
+    /// Updated (or would be, in a dry run).
+    Updated,
+    /// Deleted (or would be).
+    Deleted,
+    /// Not written; the reason goes to the dead-letter file.
+    Failed(String),
+}
+
+/// Applies one migration to items of one table.
+pub struct Writer {
+    /// The shared client.
+    pub client: Client,
+    /// Target table.
+    pub table: String,
+    /// Key attribute names.
+    pub keys: Vec<String>,
+    /// The migration.
+    pub migration: Arc<dyn Migration>,
+    /// When true, nothing is written.
+    pub dry_run: bool,
+    /// Retry policy for throttling and transient faults.
+    pub backoff: Backoff,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Projection for re-reads, matching the scan's.
+    pub projection: Option<(String, HashMap<String, String>)>,
+}
+
+impl Writer {
+    /// Processes one scanned item to its end state.
+    ///
+    /// # Errors
+    /// Only errors that must stop the run (access denied, missing table, a
+    /// write that keeps being throttled past every retry). Per-item problems
+    /// come back as [`ItemOutcome::Failed`].
+    pub async fn apply(&self, scanned: Attrs) -> Result<ItemOutcome, Error> {
+        let mut attrs = scanned;
+        for _ in 0..=MAX_CONFLICT_RETRIES {
+            let item = Item::new(attrs);
+            let change = match catch_unwind(AssertUnwindSafe(|| self.migration.transform(&item))) {
+                Ok(Ok(change)) => change,
+                Ok(Err(e)) => return Ok(ItemOutcome::Failed(format!("transform failed: {e}"))),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown panic".into());
+                    return Ok(ItemOutcome::Failed(format!("transform panicked: {msg}")));
+                }
+            };
+            let read = item.read_set();
+            let attrs_now = item.into_attrs();
+            let planned = match diff::plan(&self.keys, &attrs_now, &read, &change) {
+                Ok(p) => p,
+                Err(e) => return Ok(ItemOutcome::Failed(e.to_string())),
+            };
+            let key = diff::key_of(&self.keys, &attrs_now);
+            match &planned {
+                Planned::Unchanged => return Ok(ItemOutcome::Unchanged),
+                Planned::Update(e) => self
+                    .stats
+                    .offer_sample(|| sample_update(&key, &attrs_now, &change, e)),
+                Planned::Delete(_) => self.stats.offer_sample(|| Sample {
+                    key: crate::deadletter::to_json(&key).to_string(),
+                    change: SampleChange::Delete,
+                }),
+            }
+            if self.dry_run {
+                return Ok(match planned {
+                    Planned::Delete(_) => ItemOutcome::Deleted,
+                    _ => ItemOutcome::Updated,
+                });
+            }
+            match self.send(&key, &planned).await {
+                Ok(()) => {
+                    return Ok(match planned {
+                        Planned::Delete(_) => ItemOutcome::Deleted,
+                        _ => ItemOutcome::Updated,
+                    })
+                }
+                Err(e) => match e.class() {
+                    Class::ConditionFailed => {
+                        Stats::inc(&self.stats.conflicts);
+                        match self.reread(&key).await? {
+                            Some(fresh) => attrs = fresh,
+                            // Deleted by someone else in between: nothing left to migrate.
+                            None => return Ok(ItemOutcome::Unchanged),
+                        }
+                    }
+                    Class::Item => return Ok(ItemOutcome::Failed(e.to_string())),
+                    _ => {
+                        return Err(Error::aws(
+                            format!(
+                                "writing item {} of table {} for migration {}",
+                                crate::deadletter::to_json(&key),
+                                self.table,
+                                self.migration.id()
+                            ),
+                            e,
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(ItemOutcome::Failed(format!(
+            "the item changed under every one of {} attempts; it is being written concurrently",
+            MAX_CONFLICT_RETRIES + 1
+        )))
+    }
+
+    async fn send(&self, key: &Attrs, planned: &Planned) -> Result<(), AwsError> {
+        let mut attempts = Attempts::default();
+        let r = match planned {
+            Planned::Unchanged => Ok(()),
+            Planned::Update(e) => {
+                retry(&self.backoff, &mut attempts, || {
+                    let req = self
+                        .client
+                        .update_item()
+                        .table_name(&self.table)
+                        .set_key(Some(key.clone()))
+                        .update_expression(&e.update)
+                        .condition_expression(&e.condition)
+                        .set_expression_attribute_names(Some(e.names.clone()))
+                        .set_expression_attribute_values(non_empty(&e.values))
+                        .return_consumed_capacity(ReturnConsumedCapacity::Total);
+                    async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+                })
+                .await
+            }
+            Planned::Delete(e) => {
+                retry(&self.backoff, &mut attempts, || {
+                    let req = self
+                        .client
+                        .delete_item()
+                        .table_name(&self.table)
+                        .set_key(Some(key.clone()))
+                        .condition_expression(&e.condition)
+                        .set_expression_attribute_names(Some(e.names.clone()))
+                        .set_expression_attribute_values(non_empty(&e.values))
+                        .return_consumed_capacity(ReturnConsumedCapacity::Total);
+                    async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+                })
+                .await
+            }
+        };
+        self.count(attempts);
+        r
+    }
+
+    /// Reads the item's current version, strongly consistent.
+    async fn reread(&self, key: &Attrs) -> Result<Option<Attrs>, Error> {
+        let mut attempts = Attempts::default();
+        let r = retry(&self.backoff, &mut attempts, || {
+            let mut req = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key.clone()))
+                .consistent_read(true)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
+            if let Some((expr, names)) = &self.projection {
+                req = req
+                    .projection_expression(expr)
+                    .set_expression_attribute_names(Some(names.clone()));
+            }
+            async move { req.send().await.map_err(AwsError::from_sdk) }
+        })
+        .await;
+        self.count(attempts);
+        let out = r.map_err(|e| {
+            Error::aws(
+                format!(
+                    "re-reading item {} of table {} after a write conflict",
+                    crate::deadletter::to_json(key),
+                    self.table
+                ),
+                e,
+            )
+        })?;
+        Ok(out.item)
+    }
+
+    fn count(&self, attempts: Attempts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats
+            .throttled
+            .fetch_add(attempts.throttled.into(), Relaxed);
+        self.stats
+            .transient
+            .fetch_add(attempts.transient.into(), Relaxed);
+    }
+}
+
+fn non_empty(values: &HashMap<String, AttributeValue>) -> Option<HashMap<String, AttributeValue>> {
+    if values.is_empty() {
+        None
+    } else {
+        Some(values.clone())
+    }
+}
+
+/// Before -> after of each changed attribute, values shortened for display.
+fn sample_update(key: &Attrs, old: &Attrs, change: &Change, e: &Expr) -> Sample {
+    let after = match change {
+        Change::Update(u) => u,
+        _ => unreachable!("only updates are sampled here"),
+    };
+    let show = |v: Option<&AttributeValue>| {
+        v.map(|v| {
+            let s = value_json(v).to_string();
+            if s.len() > 80 {
+                format!(
+                    "{}...",
+                    &s[..s
+                        .char_indices()
+                        .take(77)
+                        .last()
+                        .map(|(i, c)| i + c.len_utf8())
+                        .unwrap_or(0)]
+                )
+            } else {
+                s
+            }
+        })
+    };
+    let changes = e
+        .changed
+        .iter()
+        .map(|name| (name.clone(), show(old.get(name)), show(after.set.get(name))))
+        .collect();
+    Sample {
+        key: crate::deadletter::to_json(key).to_string(),
+        change: SampleChange::Update(changes),
+    }
+}

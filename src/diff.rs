@@ -117,7 +117,7 @@ pub fn plan(
 pub fn effective(old: &Attrs, update: &Update) -> Update {
     let mut out = Update::new();
     for (name, value) in &update.set {
-        if old.get(name) != Some(value) {
+        if !old.get(name).is_some_and(|o| same_value(o, value)) {
             out.set.insert(name.clone(), value.clone());
         }
     }
@@ -127,6 +127,72 @@ pub fn effective(old: &Attrs, update: &Update) -> Update {
         }
     }
     out
+}
+
+/// Equality as DynamoDB stores values: numbers compare by value, since DynamoDB
+/// normalizes them ("3.50" is stored and returned as "3.5"); lists and maps
+/// compare element by element.
+pub fn same_value(a: &AttributeValue, b: &AttributeValue) -> bool {
+    use AttributeValue as V;
+    match (a, b) {
+        (V::N(x), V::N(y)) => normalize_number(x) == normalize_number(y),
+        (V::Ns(x), V::Ns(y)) => {
+            let mut x: Vec<_> = x.iter().map(|n| normalize_number(n)).collect();
+            let mut y: Vec<_> = y.iter().map(|n| normalize_number(n)).collect();
+            x.sort();
+            y.sort();
+            x == y
+        }
+        (V::Ss(x), V::Ss(y)) => {
+            let (mut x, mut y) = (x.clone(), y.clone());
+            x.sort();
+            y.sort();
+            x == y
+        }
+        (V::L(x), V::L(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b)),
+        (V::M(x), V::M(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// A number's canonical form: sign, significant digits, exponent. Falls back
+/// to the text itself when it is not a number DynamoDB would accept.
+fn normalize_number(n: &str) -> String {
+    let n = n.trim();
+    let (neg, body) = match n.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, n.strip_prefix('+').unwrap_or(n)),
+    };
+    let (mantissa, exp) = match body.find(['e', 'E']) {
+        Some(i) => match body[i + 1..].parse::<i64>() {
+            Ok(e) => (&body[..i], e),
+            Err(_) => return n.to_owned(),
+        },
+        None => (body, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if !(int.bytes().all(|b| b.is_ascii_digit()) && frac.bytes().all(|b| b.is_ascii_digit()))
+        || int.len() + frac.len() == 0
+    {
+        return n.to_owned();
+    }
+    let digits = format!("{int}{frac}");
+    let exp = exp + int.len() as i64;
+    let leading = digits.bytes().take_while(|b| *b == b'0').count();
+    let digits = digits[leading..].trim_end_matches('0');
+    if digits.is_empty() {
+        return "0".into();
+    }
+    format!(
+        "{}0.{}e{}",
+        if neg { "-" } else { "" },
+        digits,
+        exp - leading as i64
+    )
 }
 
 #[derive(Default)]
@@ -274,6 +340,24 @@ mod tests {
         };
         assert_eq!(e.condition, "attribute_exists(#n0) AND #n1 = :v0");
         assert!(e.update.is_empty());
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        let n = |v: &str| AttributeValue::N(v.into());
+        assert!(same_value(&n("3.50"), &n("3.5")));
+        assert!(same_value(&n("0042"), &n("42")));
+        assert!(same_value(&n("4.2e1"), &n("42")));
+        assert!(same_value(&n("-0.0"), &n("0")));
+        assert!(!same_value(&n("42"), &n("4.2")));
+        assert!(!same_value(&n("-1"), &n("1")));
+        let mut old = item();
+        old.insert("total".into(), n("10"));
+        let change = Change::Update(Update::new().set("total", AttributeValue::N("10.00".into())));
+        assert_eq!(
+            plan(&keys(), &old, &BTreeSet::new(), &change).unwrap(),
+            Planned::Unchanged
+        );
     }
 
     #[test]

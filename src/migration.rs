@@ -128,7 +128,10 @@ impl Update {
     pub fn diff(old: &Attrs, new: &Attrs) -> Self {
         let mut update = Update::new();
         for (name, value) in new {
-            if old.get(name) != Some(value) {
+            if !old
+                .get(name)
+                .is_some_and(|o| crate::diff::same_value(o, value))
+            {
                 update.set.insert(name.clone(), value.clone());
             }
         }
@@ -285,7 +288,11 @@ impl Item {
         let new: Attrs = serde_dynamo::to_item(value)?;
         let mut update = Update::new();
         for (name, v) in new {
-            if self.attrs.get(&name) != Some(&v) {
+            if !self
+                .attrs
+                .get(&name)
+                .is_some_and(|o| crate::diff::same_value(o, &v))
+            {
                 update.set.insert(name, v);
             }
         }

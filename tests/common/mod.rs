@@ -1,0 +1,182 @@
+//! Shared test support: the real endpoint, tables that delete themselves, and
+//! helpers to read a whole table back.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use rand::Rng;
+
+pub type Attrs = HashMap<String, AttributeValue>;
+
+/// The DynamoDB endpoint under test. `scripts/test.sh` starts dynalite and sets
+/// it; point it at DynamoDB Local (docker-compose.yml) or any other endpoint to
+/// run the suite there.
+pub fn endpoint() -> String {
+    std::env::var("DYNAMODB_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "DYNAMODB_ENDPOINT is not set: run the suite with scripts/test.sh (it starts dynalite), \
+             or set DYNAMODB_ENDPOINT=http://localhost:8000 with DynamoDB Local running"
+        )
+    })
+}
+
+/// A client for the endpoint under test (static test credentials).
+pub fn client() -> Client {
+    client_for(&endpoint())
+}
+
+/// A client for any endpoint (a proxy in front of the real one, say).
+pub fn client_for(endpoint: &str) -> Client {
+    let conf = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "dynbulk-tests",
+        ))
+        .endpoint_url(endpoint)
+        .build();
+    Client::from_conf(conf)
+}
+
+/// A random name with a readable prefix.
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{prefix}-{n:016x}")
+}
+
+/// A table that is deleted when the guard drops, so tests run in parallel and
+/// leave nothing behind.
+pub struct TestTable {
+    pub name: String,
+}
+
+impl TestTable {
+    pub fn named(prefix: &str) -> Self {
+        TestTable {
+            name: unique(prefix),
+        }
+    }
+}
+
+impl Drop for TestTable {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let endpoint = endpoint();
+        // Drop may run inside a runtime; delete from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _ = client_for(&endpoint)
+                    .delete_table()
+                    .table_name(&name)
+                    .send()
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Every item of `table`, keyed by its key attributes rendered as a string.
+pub async fn read_all(client: &Client, table: &str) -> BTreeMap<String, Attrs> {
+    let mut out = BTreeMap::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(table)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .expect("scan for verification");
+        for item in page.items() {
+            out.insert(key_string(item), item.clone());
+        }
+        start = page.last_evaluated_key.filter(|k| !k.is_empty());
+        if start.is_none() {
+            return out;
+        }
+    }
+}
+
+/// `pk` or `pk|sk`.
+pub fn key_string(item: &Attrs) -> String {
+    let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    match (s("pk"), s("sk")) {
+        (Some(pk), Some(sk)) => format!("{pk}|{sk}"),
+        (Some(pk), None) => pk,
+        _ => panic!("item without pk: {item:?}"),
+    }
+}
+
+/// Whether a table exists.
+pub async fn table_exists(client: &Client, table: &str) -> bool {
+    match client.describe_table().table_name(table).send().await {
+        Ok(_) => true,
+        Err(e) => {
+            let e = dynbulk::error::AwsError::from_sdk(e);
+            assert_eq!(
+                e.code.as_deref(),
+                Some("ResourceNotFoundException"),
+                "describe failed: {e}"
+            );
+            false
+        }
+    }
+}
+
+/// The real `dynbulk` binary, pointed at the endpoint under test.
+pub fn dynbulk() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynbulk"));
+    cmd.env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
+        .env("AWS_ENDPOINT_URL", endpoint())
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
+
+/// What the example migration must leave for an item that started as `before`.
+pub fn expected_after_example(before: &Attrs) -> Attrs {
+    let mut after = before.clone();
+    if let Some(AttributeValue::S(status)) = before.get("status") {
+        after.insert(
+            "statusCategory".into(),
+            AttributeValue::S(
+                dynbulk::migrations::m20241220_add_status_category_fields::category(status).into(),
+            ),
+        );
+    }
+    after
+}
+
+/// Parses `  label: N` from a report printed by the binary.
+pub fn count(output: &str, label: &str) -> u64 {
+    output
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("{label}:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no {label:?} line in output:\n{output}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}

@@ -121,16 +121,16 @@ pub struct RunArgs {
     pub rerun: bool,
 
     /// Parallel scan segments (DynamoDB TotalSegments), 1 to 1000000.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Throughput")]
+    #[arg(long, default_value_t = 4, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Throughput")]
     pub segments: u32,
     /// Worker tasks applying the transform and writing, 1 to 1024.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "Throughput")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "Throughput")]
     pub workers: u16,
     /// Items of a page each worker writes at once, 1 to 256.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Throughput")]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Throughput")]
     pub item_concurrency: u16,
     /// Scan page size (Limit), 1 to 10000; default: full 1 MB pages.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Throughput")]
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Throughput")]
     pub page_size: Option<u32>,
 
     /// Stop the run once more than N items have failed.
@@ -138,6 +138,7 @@ pub struct RunArgs {
         long,
         default_value_t = 1000,
         value_name = "N",
+        allow_negative_numbers = true,
         help_heading = "Errors"
     )]
     pub max_errors: u64,

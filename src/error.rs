@@ -92,7 +92,7 @@ pub struct AwsError {
     pub message: String,
     /// The request never got an answer (connect failure, timeout, I/O error).
     pub no_response: bool,
-    /// The client could not even build the request (no credentials, no region).
+    /// The client could not even build or sign the request (no credentials, no region).
     pub construction: bool,
 }
 
@@ -112,14 +112,17 @@ impl AwsError {
         };
         let message = match err.message() {
             Some(m) if code.is_some() => m.to_owned(),
-            _ => format!("{}", DisplayErrorContext(&err)),
+            _ => chain(&err),
         };
+        let credentials = !construction
+            && code.is_none()
+            && format!("{}", DisplayErrorContext(&err)).contains("CredentialsNotLoaded");
         AwsError {
             code,
             status,
             message,
-            no_response,
-            construction,
+            no_response: no_response && !credentials,
+            construction: construction || credentials,
         }
     }
 
@@ -132,6 +135,21 @@ impl AwsError {
             self.no_response,
         )
     }
+}
+
+/// The error's sources joined with ": ", each said once (SDK errors repeat
+/// their source's text in their own).
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let text = e.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
 }
 
 impl fmt::Display for AwsError {

@@ -42,8 +42,10 @@ fn main() -> ExitCode {
 
 fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
-        0 => "warn",
-        1 => "info,dynbulk=info",
+        // The SDK's config loader warns about every source it tries (IMDS on a
+        // laptop, say); the errors that matter reach the user through dynbulk.
+        0 => "warn,aws_config=error",
+        1 => "info,aws_config=warn,dynbulk=info",
         2 => "info,dynbulk=debug",
         _ => "debug,dynbulk=trace",
     };
@@ -123,6 +125,14 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
     let client = client::build(&args.connection.connection())
         .await
         .map_err(|e| anyhow!(e))?;
+    let endpoint = args
+        .connection
+        .endpoint_url
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL_DYNAMODB").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .map(|e| format!(" at {e}"))
+        .unwrap_or_default();
 
     let shutdown = CancellationToken::new();
     {
@@ -156,7 +166,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
                     print!("{report}");
                 }
                 return Err(anyhow::Error::new(failure.error))
-                    .with_context(|| format!("migration {id} on table {table} failed"));
+                    .with_context(|| format!("migration {id} on table {table}{endpoint} failed"));
             }
         }
     }

@@ -37,7 +37,7 @@ pub struct TableInfo {
 pub async fn describe(client: &Client, table: &str) -> Result<TableInfo> {
     let out = retry(
         &Backoff {
-            max_attempts: 3,
+            max_attempts: 2,
             ..Backoff::default()
         },
         &mut Attempts::default(),
@@ -45,6 +45,16 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableInfo> {
             client
                 .describe_table()
                 .table_name(table)
+                .customize()
+                .config_override(
+                    aws_sdk_dynamodb::config::Builder::default().timeout_config(
+                        // The first call of a run: an endpoint that accepts connections
+                        // but never answers must fail in seconds, not hang.
+                        aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                            .operation_attempt_timeout(std::time::Duration::from_secs(5))
+                            .build(),
+                    ),
+                )
                 .send()
                 .await
                 .map_err(AwsError::from_sdk)
@@ -103,13 +113,7 @@ fn describe_error(client: &Client, table: &str, e: AwsError) -> Error {
         .region()
         .map(|r| r.to_string())
         .unwrap_or_else(|| "?".into());
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
-        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-        .ok();
-    let where_ = match endpoint {
-        Some(ep) => format!("region {region}, endpoint {ep}"),
-        None => format!("region {region}"),
-    };
+    let where_ = format!("region {region}");
     match e.code.as_deref() {
         Some("ResourceNotFoundException") => Error::Usage(format!(
             "table {table} does not exist ({where_}); check --table, --region and --endpoint-url"
@@ -123,11 +127,11 @@ fn describe_error(client: &Client, table: &str, e: AwsError) -> Error {
                 "the AWS credentials were rejected ({where_}): {e}; check --profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or refresh your session"
             ))
         }
+        _ if e.construction => Error::Usage(format!(
+            "cannot sign requests to DynamoDB: {e}; configure credentials (--profile, AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+        )),
         _ if e.no_response => Error::Usage(format!(
             "cannot reach DynamoDB ({where_}) to describe table {table}: {e}; check --endpoint-url, --region and the network"
-        )),
-        _ if e.construction || e.message.contains("credentials") => Error::Usage(format!(
-            "cannot sign requests to DynamoDB: {e}; configure credentials (--profile, AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
         )),
         _ => Error::aws(format!("describing table {table} ({where_})"), e),
     }

@@ -1,0 +1,413 @@
+//! The real binary: bad input gets one clear message, exit code 2 and no write;
+//! dry runs write nothing and predict the real run; exit code 1 on item failures.
+
+mod common;
+
+use std::process::Output;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::*;
+use dynbulk::sample::{self, KeyShape};
+
+const MIGRATION: &str = "20241220_add_status_category_fields";
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the binary and checks it exited with `code` and said `needle` on stderr.
+fn expect_error(args: &[&str], code: i32, needle: &str) -> String {
+    let out = dynbulk().args(args).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "args {args:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "args {args:?}: expected {needle:?} in stderr:\n{stderr}"
+    );
+    stderr
+}
+
+async fn sample_table(prefix: &str, n: u64) -> (TestTable, Vec<Attrs>) {
+    let client = client();
+    let table = TestTable::named(prefix);
+    sample::create_table(&client, &table.name, KeyShape::Composite)
+        .await
+        .unwrap();
+    let items = sample::load(&client, &table.name, KeyShape::Composite, n, 11)
+        .await
+        .unwrap();
+    (table, items)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_a_clear_message_exit_2_and_no_write() {
+    let client = client();
+    let (table, _) = sample_table("orders-bad", 300).await;
+    let state = TestTable::named("state");
+    let before = read_all(&client, &table.name).await;
+
+    // A table that does not exist.
+    let stderr = expect_error(
+        &[
+            "run",
+            "--table",
+            "no-such-table",
+            "--state-table",
+            &state.name,
+        ],
+        2,
+        "table no-such-table does not exist",
+    );
+    assert!(stderr.contains("--table"), "says what to check: {stderr}");
+    // An unknown migration id: names the registered ones.
+    let stderr = expect_error(
+        &[
+            "run",
+            "--migration",
+            "20990101_nope",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+        ],
+        2,
+        "unknown migration \"20990101_nope\"",
+    );
+    assert!(stderr.contains(MIGRATION), "{stderr}");
+    // Invalid flag values name the flag.
+    expect_error(
+        &["run", "--table", &table.name, "--segments", "0"],
+        2,
+        "--segments",
+    );
+    expect_error(
+        &["run", "--table", &table.name, "--segments", "1000001"],
+        2,
+        "--segments",
+    );
+    expect_error(
+        &["run", "--table", &table.name, "--segments", "many"],
+        2,
+        "--segments",
+    );
+    expect_error(
+        &["run", "--table", &table.name, "--workers", "0"],
+        2,
+        "--workers",
+    );
+    expect_error(
+        &["run", "--table", &table.name, "--max-errors", "-1"],
+        2,
+        "--max-errors",
+    );
+    expect_error(
+        &["run", "--table", &table.name, "--page-size", "0"],
+        2,
+        "--page-size",
+    );
+    // A profile that does not exist.
+    let home = tempfile::tempdir().unwrap();
+    let out = dynbulk()
+        .env("HOME", home.path())
+        .args([
+            "run",
+            "--profile",
+            "ghost",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out)
+            .1
+            .contains("AWS profile \"ghost\" is not defined"),
+        "{}",
+        text(&out).1
+    );
+    // No credentials anywhere.
+    let out = dynbulk()
+        .env("HOME", home.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["run", "--table", &table.name, "--state-table", &state.name])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("no credentials"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("AWS_ACCESS_KEY_ID"),
+        "says what to do: {}",
+        text(&out).1
+    );
+
+    assert_eq!(
+        read_all(&client, &table.name).await,
+        before,
+        "bad input wrote to the table"
+    );
+    assert!(
+        !table_exists(&client, &state.name).await,
+        "bad input created the state table"
+    );
+}
+
+#[test]
+fn unreachable_endpoint_fails_fast_with_exit_2() {
+    // Port 1 on loopback: nothing listens, the connection is refused.
+    let out = dynbulk()
+        .args([
+            "run",
+            "--endpoint-url",
+            "http://127.0.0.1:1",
+            "--table",
+            "orders",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("cannot reach DynamoDB"), "{stderr}");
+    assert!(stderr.contains("--endpoint-url"), "{stderr}");
+
+    // A server that accepts connections and never answers: the attempt times out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let out = dynbulk()
+        .args(["run", "--endpoint-url", &url, "--table", "orders"])
+        .output()
+        .unwrap();
+    drop(silent);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("timed out"), "{}", text(&out).1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_writes_nothing_and_predicts_the_real_run() {
+    let client = client();
+    let (table, items) = sample_table("orders-dry", 3_000).await;
+    let state = TestTable::named("state");
+    let before = read_all(&client, &table.name).await;
+
+    let out = dynbulk()
+        .args([
+            "run",
+            "--dry-run",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+            "--segments",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    let (dry, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{dry}\n{stderr}");
+    assert!(dry.contains("DRY RUN"), "{dry}");
+    assert!(
+        dry.contains("sample changes:") && dry.contains("statusCategory: (absent) -> {\"S\":"),
+        "{dry}"
+    );
+    assert_eq!(
+        read_all(&client, &table.name).await,
+        before,
+        "the dry run changed the table"
+    );
+    assert!(
+        !table_exists(&client, &state.name).await,
+        "the dry run created the state table"
+    );
+
+    let out = dynbulk()
+        .args([
+            "run",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+            "--segments",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    let (real, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{real}\n{stderr}");
+    assert_eq!(count(&dry, "items scanned"), count(&real, "items scanned"));
+    assert_eq!(count(&dry, "would update"), count(&real, "updated"));
+    assert_eq!(count(&dry, "would delete"), count(&real, "deleted"));
+    assert_eq!(count(&dry, "unchanged"), count(&real, "unchanged"));
+    assert_eq!(count(&dry, "errors"), count(&real, "errors"));
+    // And the real run did what it said.
+    let after = read_all(&client, &table.name).await;
+    let changed = items
+        .iter()
+        .filter(|i| after[&key_string(i)] != **i)
+        .count() as u64;
+    assert_eq!(changed, count(&real, "updated"));
+
+    // status shows the run; run again skips it.
+    let out = dynbulk()
+        .args([
+            "status",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+        ])
+        .output()
+        .unwrap();
+    let (status, _) = text(&out);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(MIGRATION))
+        .expect(&status);
+    assert!(line.contains("applied"), "{status}");
+    assert!(
+        line.contains(&format!(" {} ", count(&real, "updated"))),
+        "{status}"
+    );
+    assert!(line.contains("3000"), "{status}");
+    let out = dynbulk()
+        .args(["run", "--table", &table.name, "--state-table", &state.name])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out).0.contains("already applied"), "{}", text(&out).0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_too_large_to_update_is_dead_lettered_and_exit_is_1() {
+    let client = client();
+    let (table, _) = sample_table("orders-big", 200).await;
+    let state = TestTable::named("state");
+    // An item just under DynamoDB's 400 KB limit: adding statusCategory pushes it over.
+    let mut big: Attrs = Attrs::new();
+    big.insert("pk".into(), AttributeValue::S("customer#big".into()));
+    big.insert("sk".into(), AttributeValue::S("order#big".into()));
+    big.insert("status".into(), AttributeValue::S("pending".into()));
+    let overhead = "pk".len()
+        + "customer#big".len()
+        + "sk".len()
+        + "order#big".len()
+        + "status".len()
+        + "pending".len()
+        + "notes".len();
+    big.insert(
+        "notes".into(),
+        AttributeValue::S("x".repeat(400 * 1024 - overhead - 2)),
+    );
+    client
+        .put_item()
+        .table_name(&table.name)
+        .set_item(Some(big.clone()))
+        .send()
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let dl = dir.path().join("dead.jsonl");
+    let out = dynbulk()
+        .args([
+            "run",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+            "--dead-letter",
+        ])
+        .arg(&dl)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert_eq!(count(&stdout, "errors"), 1, "{stdout}");
+    assert!(
+        stdout.contains(&dl.display().to_string()),
+        "the report names the dead-letter file: {stdout}"
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&dl)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["key"]["pk"]["S"], "customer#big");
+    assert_eq!(lines[0]["key"]["sk"]["S"], "order#big");
+    assert_eq!(lines[0]["migration"], MIGRATION);
+    assert_eq!(lines[0]["table"], table.name.as_str());
+    // The item is untouched, every other item is migrated.
+    let after = read_all(&client, &table.name).await;
+    assert_eq!(after["customer#big|order#big"], big);
+    for item in after
+        .values()
+        .filter(|i| key_string(i) != "customer#big|order#big")
+    {
+        assert_eq!(*item, expected_after_example(item));
+    }
+    // status reports the failed run.
+    let out = dynbulk()
+        .args([
+            "status",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out)
+            .0
+            .lines()
+            .any(|l| l.starts_with(MIGRATION) && l.contains("failed")),
+        "{}",
+        text(&out).0
+    );
+}
+
+#[test]
+fn list_and_new_scaffold_a_registered_migration() {
+    let out = dynbulk().arg("list").output().unwrap();
+    assert!(text(&out).0.contains(MIGRATION));
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/mod.rs"),
+        dir.path().join("mod.rs"),
+    )
+    .unwrap();
+    let out = dynbulk()
+        .args(["new", "backfill", "order", "totals", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let created: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with("_backfill_order_totals.rs"))
+        .collect();
+    assert_eq!(created.len(), 1);
+    let registry = std::fs::read_to_string(dir.path().join("mod.rs")).unwrap();
+    assert!(registry.contains("::BackfillOrderTotals),"), "{registry}");
+
+    let missing = dir.path().join("nowhere");
+    let out = dynbulk()
+        .args(["new", "x", "--dir"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--dir"), "{}", text(&out).1);
+}

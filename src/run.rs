@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::ledger::{self, Ledger, Status};
 use crate::migration::Migration;
 use crate::report::{Outcome, Report, Stats};
-use crate::scan::{scan_segment, ScanSpec};
+use crate::scan::{ScanSpec, Scanner};
 use crate::worker::{self, Pool, Stop};
 use crate::write::Writer;
 use crate::{schema, table};
@@ -257,26 +257,19 @@ async fn pipeline(
     let stop_scans = shutdown.child_token();
 
     let scanner = {
-        let client = client.clone();
-        let stats = stats.clone();
+        let scanner = Scanner {
+            client: client.clone(),
+            spec,
+            stats: stats.clone(),
+            backoff: plan.backoff,
+        };
         let stop = stop_scans.clone();
-        let backoff = plan.backoff;
         let concurrency = (plan.segments as usize).min(MAX_CONCURRENT_SCANS);
         let total = plan.segments;
         tokio::spawn(async move {
+            let scanner = &scanner;
             let mut scans = stream::iter(0..total)
-                .map(|segment| {
-                    scan_segment(
-                        client.clone(),
-                        spec.clone(),
-                        segment,
-                        None,
-                        tx.clone(),
-                        stop.clone(),
-                        stats.clone(),
-                        backoff,
-                    )
-                })
+                .map(|segment| scanner.segment(segment, None, tx.clone(), stop.clone()))
                 .buffer_unordered(concurrency);
             while let Some(r) = scans.next().await {
                 if let Err(e) = r {

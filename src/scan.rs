@@ -42,24 +42,56 @@ pub struct ScanSpec {
     pub keys: Vec<String>,
 }
 
-/// Scans one segment from `start` to its end, sending each page to `tx`.
-/// Stops early, without error, when `cancel` fires or the receiver is gone.
-///
-/// # Errors
-/// A scan call that fails with a non-retryable error, or keeps failing.
-pub async fn scan_segment(
-    client: Client,
-    spec: Arc<ScanSpec>,
+/// What every segment task shares: the client, the scan, counters, retry policy.
+#[derive(Clone)]
+pub struct Scanner {
+    /// The shared client.
+    pub client: Client,
+    /// What to scan.
+    pub spec: Arc<ScanSpec>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Retry policy.
+    pub backoff: Backoff,
+}
+
+impl Scanner {
+    /// Scans one segment from `start` to its end, sending each page to `tx`.
+    /// Stops early, without error, when `cancel` fires or the receiver is gone.
+    ///
+    /// # Errors
+    /// A scan call that fails with a non-retryable error, or keeps failing.
+    pub async fn segment(
+        &self,
+        segment: u32,
+        start: Option<Attrs>,
+        tx: mpsc::Sender<Page>,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let Scanner {
+            client,
+            spec,
+            stats,
+            backoff,
+        } = self;
+        scan_segment(client, spec, stats, *backoff, segment, start, tx, cancel).await
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // private; Scanner::segment is the interface
+async fn scan_segment(
+    client: &Client,
+    spec: &ScanSpec,
+    stats: &Stats,
+    backoff: Backoff,
     segment: u32,
     start: Option<Attrs>,
     tx: mpsc::Sender<Page>,
     cancel: CancellationToken,
-    stats: Arc<Stats>,
-    backoff: Backoff,
 ) -> Result<()> {
     let mut start = start;
     let mut seq = 0;
-    let (projection, mut names) = projection(&spec);
+    let (projection, mut names) = projection(spec);
     names.extend(spec.options.filter_names.clone());
     loop {
         if cancel.is_cancelled() {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
-use dynbulk::migrations::m20241220_add_status_category_fields::{category, AddStatusCategoryFields};
+use dynbulk::migrations::m20241220_add_status_category_fields::{
+    category, AddStatusCategoryFields,
+};
 use dynbulk::report::Outcome;
 use dynbulk::run::{self, Plan};
 use dynbulk::sample::{self, KeyShape, STATUSES};
@@ -25,8 +27,12 @@ async fn concurrent_application_writes_are_never_lost() {
     let client = client();
     let state = TestTable::named("state");
     let table = TestTable::named("orders-live");
-    sample::create_table(&client, &table.name, KeyShape::Composite).await.unwrap();
-    let items = sample::load(&client, &table.name, KeyShape::Composite, ITEMS, 77).await.unwrap();
+    sample::create_table(&client, &table.name, KeyShape::Composite)
+        .await
+        .unwrap();
+    let items = sample::load(&client, &table.name, KeyShape::Composite, ITEMS, 77)
+        .await
+        .unwrap();
 
     // The application's new version: writes status together with the matching
     // statusCategory, plus attributes of its own. Keys are written in a random
@@ -36,7 +42,12 @@ async fn concurrent_application_writes_are_never_lost() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut keys: Vec<Attrs> = items
         .iter()
-        .map(|i| i.iter().filter(|(k, _)| *k == "pk" || *k == "sk").map(|(k, v)| (k.clone(), v.clone())).collect())
+        .map(|i| {
+            i.iter()
+                .filter(|(k, _)| *k == "pk" || *k == "sk")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
         .collect();
     keys.shuffle(&mut rng);
     let mut plan_writes: Vec<(Attrs, String, u64)> = Vec::new();
@@ -72,10 +83,15 @@ async fn concurrent_application_writes_are_never_lost() {
                     c.update_item()
                         .table_name(&t)
                         .set_key(Some(key.clone()))
-                        .update_expression("SET #s = :s, statusCategory = :c, appVersion = :v, touchedBy = :t")
+                        .update_expression(
+                            "SET #s = :s, statusCategory = :c, appVersion = :v, touchedBy = :t",
+                        )
                         .expression_attribute_names("#s", "status")
                         .expression_attribute_values(":s", AttributeValue::S(status.clone()))
-                        .expression_attribute_values(":c", AttributeValue::S(category(&status).into()))
+                        .expression_attribute_values(
+                            ":c",
+                            AttributeValue::S(category(&status).into()),
+                        )
                         .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
                         .expression_attribute_values(":t", AttributeValue::S("app-v2".into()))
                         .send()
@@ -126,9 +142,21 @@ async fn concurrent_application_writes_are_never_lost() {
     // Every application write is still there, with its own attributes.
     for (key, (status, version)) in &last {
         let item = &after[key];
-        assert_eq!(item["status"], AttributeValue::S(status.clone()), "{key}: the application's status was lost");
-        assert_eq!(item["appVersion"], AttributeValue::N(version.to_string()), "{key}: appVersion lost");
-        assert_eq!(item["touchedBy"], AttributeValue::S("app-v2".into()), "{key}");
+        assert_eq!(
+            item["status"],
+            AttributeValue::S(status.clone()),
+            "{key}: the application's status was lost"
+        );
+        assert_eq!(
+            item["appVersion"],
+            AttributeValue::N(version.to_string()),
+            "{key}: appVersion lost"
+        );
+        assert_eq!(
+            item["touchedBy"],
+            AttributeValue::S("app-v2".into()),
+            "{key}"
+        );
     }
     // Every item's category matches its final status; untouched items are as the transform says.
     let before: HashMap<String, &Attrs> = items.iter().map(|i| (key_string(i), i)).collect();

@@ -195,7 +195,7 @@ impl std::fmt::Display for Report {
         if let Some(p) = &self.dead_letter {
             writeln!(f, "  dead letters:   {}", p.display())?;
         }
-        if !self.samples.is_empty() {
+        if self.dry_run && !self.samples.is_empty() {
             writeln!(f, "  sample changes:")?;
             for s in &self.samples {
                 match &s.change {

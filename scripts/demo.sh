@@ -27,11 +27,11 @@ echo "== $bin/dynbulk-sample-data --table orders --items $items"
 "$bin/dynbulk-sample-data" --table orders --items "$items"
 echo "== dynbulk list"
 "$bin/dynbulk" list
-echo "== dynbulk run --dry-run --segments 4"
-"$bin/dynbulk" run --dry-run --segments 4
-echo "== dynbulk run --segments 4"
-"$bin/dynbulk" run --segments 4
-echo "== dynbulk run --rerun --segments 4   (idempotent: nothing left to change)"
-"$bin/dynbulk" run --rerun --segments 4
+echo "== dynbulk run --dry-run --segments 4 --rcu-limit 1000 --wcu-limit 10000"
+"$bin/dynbulk" run --dry-run --segments 4 --rcu-limit 1000 --wcu-limit 10000
+echo "== dynbulk run --segments 4 --rcu-limit 1000 --wcu-limit 10000"
+"$bin/dynbulk" run --segments 4 --rcu-limit 1000 --wcu-limit 10000
+echo "== dynbulk run --rerun --segments 4 --rcu-limit 1000 --wcu-limit 10000   (idempotent: nothing left to change)"
+"$bin/dynbulk" run --rerun --segments 4 --rcu-limit 1000 --wcu-limit 10000
 echo "== dynbulk status"
 "$bin/dynbulk" status

@@ -20,7 +20,7 @@ for s in "${segments[@]}"; do
   table="measure-$s-$RANDOM"
   target/release/dynbulk-sample-data --table "$table" --items "$items" >/dev/null
   log="$(mktemp)"
-  /usr/bin/time -v target/release/dynbulk run --table "$table" --segments "$s" --state-table "measure-state-$RANDOM" >"$log.out" 2>"$log"
+  /usr/bin/time -v target/release/dynbulk run --unlimited --table "$table" --segments "$s" --state-table "measure-state-$RANDOM" >"$log.out" 2>"$log"
   rate="$(grep -o '([0-9]* items/s)' "$log.out")"
   rss="$(grep 'Maximum resident set size' "$log" | awk '{print $NF}')"
   wall="$(grep 'Elapsed (wall clock)' "$log" | awk '{print $NF}')"

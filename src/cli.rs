@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::Connection;
 use crate::ledger::DEFAULT_STATE_TABLE;
-use crate::run::Plan;
+use crate::run::{Limit, Limits, Plan};
 
 /// Run data migrations and backfills over large DynamoDB tables: parallel
 /// segmented scans, conditional writes that never lose an application's update,
@@ -129,7 +129,19 @@ pub struct RunArgs {
     /// Items of a page each worker writes at once, 1 to 256.
     #[arg(long, allow_negative_numbers = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Throughput")]
     pub item_concurrency: u16,
-    /// Scan page size (Limit), 1 to 10000; default: full 1 MB pages.
+    /// Read capacity units per second the run may consume (ConsumedCapacity).
+    /// Default: half of a provisioned table's read capacity; required for on-demand tables.
+    #[arg(long, value_name = "RCU", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10_000_000), help_heading = "Capacity")]
+    pub rcu_limit: Option<u32>,
+    /// Write capacity units per second the run may consume.
+    /// Default: half of a provisioned table's write capacity; required for on-demand tables.
+    #[arg(long, value_name = "WCU", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10_000_000), help_heading = "Capacity")]
+    pub wcu_limit: Option<u32>,
+    /// No capacity limits at all: only for local endpoints and tables no one else uses.
+    #[arg(long, conflicts_with_all = ["rcu_limit", "wcu_limit"], help_heading = "Capacity")]
+    pub unlimited: bool,
+
+    /// Scan page size (Limit), 1 to 10000; default: derived from --rcu-limit and the item size.
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Throughput")]
     pub page_size: Option<u32>,
 
@@ -149,6 +161,18 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    fn limits(&self) -> Limits {
+        let one = |v: Option<u32>| match (v, self.unlimited) {
+            (_, true) => Limit::Unlimited,
+            (Some(u), false) => Limit::Units(f64::from(u)),
+            (None, false) => Limit::Auto,
+        };
+        Limits {
+            read: one(self.rcu_limit),
+            write: one(self.wcu_limit),
+        }
+    }
+
     /// Validates the arguments into a plan.
     pub fn plan(&self) -> Plan {
         let dead_letter = self.dead_letter.clone().unwrap_or_else(|| {
@@ -168,6 +192,7 @@ impl RunArgs {
             dead_letter,
             state_table: self.state.state_table.clone(),
             backoff: Default::default(),
+            limits: self.limits(),
         }
     }
 }

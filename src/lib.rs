@@ -19,6 +19,7 @@
 //! - [`write`]: one item's transform, conditional write, conflict re-read; dry run.
 //! - [`diff`]: pure change-to-expression logic (SET/REMOVE + condition).
 //! - [`backoff`]: jittered exponential retry; the one retry policy.
+//! - [`limiter`]: capacity budgets (governor ceiling + adaptive working rate), page sizing.
 //! - [`error`]: the error type and the classification of AWS errors.
 //! - [`table`]: DescribeTable facts about the target table.
 //! - [`schema`]: idempotent schema steps (TTL, GSI).
@@ -36,6 +37,7 @@ pub mod deadletter;
 pub mod diff;
 pub mod error;
 pub mod ledger;
+pub mod limiter;
 pub mod migration;
 #[path = "../migrations/mod.rs"]
 pub mod migrations;

@@ -149,7 +149,12 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
     let mut code = 0;
     for (migration, table) in targets {
         let id = migration.id().to_owned();
-        match run::run(&client, migration, &table, &plan, shutdown.clone()).await {
+        let context = || format!("migration {id} on table {table}{endpoint} failed");
+        let prepared = run::prepare(&client, migration, &table, &plan)
+            .await
+            .with_context(context)?;
+        print!("{prepared}");
+        match run::execute(&client, &prepared, &plan, shutdown.clone()).await {
             Ok(report) => {
                 print!("{report}");
                 match report.outcome {
@@ -165,8 +170,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
                 if let Some(report) = &failure.report {
                     print!("{report}");
                 }
-                return Err(anyhow::Error::new(failure.error))
-                    .with_context(|| format!("migration {id} on table {table}{endpoint} failed"));
+                return Err(anyhow::Error::new(failure.error)).with_context(context);
             }
         }
     }

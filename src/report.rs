@@ -29,6 +29,8 @@ pub struct Stats {
     pub pages: AtomicU64,
     /// Segments whose scan finished.
     pub segments_done: AtomicU64,
+    /// Estimated write units of the planned writes, thousandths (dry runs report it).
+    pub write_estimate_milli: AtomicU64,
     samples: Mutex<Vec<Sample>>,
 }
 
@@ -80,6 +82,11 @@ impl Stats {
             throttled: self.throttled.load(Relaxed),
             transient: self.transient.load(Relaxed),
         }
+    }
+
+    /// Estimated write units of the planned writes.
+    pub fn write_estimate(&self) -> f64 {
+        self.write_estimate_milli.load(Relaxed) as f64 / 1000.0
     }
 
     /// The samples kept so far.
@@ -153,6 +160,29 @@ pub struct Report {
     pub dead_letter: Option<PathBuf>,
     /// Wall-clock duration of the data step.
     pub elapsed: Duration,
+    /// Capacity limits and use.
+    pub capacity: Capacity,
+}
+
+/// Capacity limits and what was used.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Capacity {
+    /// Read ceiling (units/s); `None` unlimited.
+    pub read_limit: Option<f64>,
+    /// Write ceiling (units/s); `None` unlimited.
+    pub write_limit: Option<f64>,
+    /// Read units consumed (as DynamoDB reported them).
+    pub read_consumed: f64,
+    /// Write units consumed.
+    pub write_consumed: f64,
+    /// Working read rate at the end (below the ceiling after throttling).
+    pub read_rate: Option<f64>,
+    /// Working write rate at the end.
+    pub write_rate: Option<f64>,
+    /// Estimated write units of the planned writes (what a dry run would cost to apply).
+    pub write_estimate: f64,
+    /// Scan page size used; `None` is 1 MB pages.
+    pub page_size: Option<i32>,
 }
 
 impl std::fmt::Display for Report {
@@ -185,6 +215,49 @@ impl std::fmt::Display for Report {
         writeln!(f, "  conflicts:      {}", c.conflicts)?;
         writeln!(f, "  throttled:      {}", c.throttled)?;
         writeln!(f, "  retried faults: {}", c.transient)?;
+        let cap = &self.capacity;
+        let per_sec = |units: f64| {
+            let s = self.elapsed.as_secs_f64();
+            if s > 0.0 {
+                units / s
+            } else {
+                0.0
+            }
+        };
+        let limit = |l: Option<f64>| {
+            l.map(|v| format!("limit {v:.0}/s"))
+                .unwrap_or_else(|| "unlimited".into())
+        };
+        writeln!(
+            f,
+            "  read capacity:  {:.1} RCU ({:.1}/s, {})",
+            cap.read_consumed,
+            per_sec(cap.read_consumed),
+            limit(cap.read_limit)
+        )?;
+        if self.dry_run {
+            write!(
+                f,
+                "  write estimate: ~{:.0} WCU to apply",
+                cap.write_estimate
+            )?;
+            match cap.write_limit {
+                Some(l) => writeln!(
+                    f,
+                    ", ~{} at {l:.0} WCU/s",
+                    crate::run::human_duration(cap.write_estimate / l)
+                )?,
+                None => writeln!(f)?,
+            }
+        } else {
+            writeln!(
+                f,
+                "  write capacity: {:.1} WCU ({:.1}/s, {})",
+                cap.write_consumed,
+                per_sec(cap.write_consumed),
+                limit(cap.write_limit)
+            )?;
+        }
         let secs = self.elapsed.as_secs_f64();
         let rate = if secs > 0.0 {
             c.scanned as f64 / secs

@@ -16,8 +16,9 @@ use crate::backoff::Backoff;
 use crate::deadletter::DeadLetter;
 use crate::error::Error;
 use crate::ledger::{self, Ledger, Status};
+use crate::limiter::{self, Budget, Budgets};
 use crate::migration::Migration;
-use crate::report::{Outcome, Report, Stats};
+use crate::report::{Capacity, Outcome, Report, Stats};
 use crate::scan::{ScanSpec, Scanner};
 use crate::worker::{self, Pool, Stop};
 use crate::write::Writer;
@@ -50,7 +51,33 @@ pub struct Plan {
     pub state_table: String,
     /// Retry policy.
     pub backoff: Backoff,
+    /// Read and write capacity limits.
+    pub limits: Limits,
 }
+
+/// One capacity limit as the operator gave it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    /// Not given: a share of a provisioned table's capacity; refused on on-demand tables.
+    Auto,
+    /// Units per second.
+    Units(f64),
+    /// No limit (explicitly asked for).
+    Unlimited,
+}
+
+/// Read and write limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Read capacity units per second.
+    pub read: Limit,
+    /// Write capacity units per second.
+    pub write: Limit,
+}
+
+/// Share of a provisioned table's capacity used when no limit is given: the
+/// application keeps the other half.
+pub const DEFAULT_PROVISIONED_SHARE: f64 = 0.5;
 
 impl Default for Plan {
     fn default() -> Self {
@@ -65,8 +92,170 @@ impl Default for Plan {
             dead_letter: PathBuf::from("dynbulk-dead-letter.jsonl"),
             state_table: ledger::DEFAULT_STATE_TABLE.into(),
             backoff: Backoff::default(),
+            limits: Limits {
+                read: Limit::Auto,
+                write: Limit::Auto,
+            },
         }
     }
+}
+
+/// A run's plan after looking at the table: limits resolved, page size chosen,
+/// cost estimated. Nothing has been written when this exists.
+#[derive(Clone)]
+pub struct Prepared {
+    /// The migration.
+    pub migration: Arc<dyn Migration>,
+    /// The target table's description.
+    pub table: table::TableInfo,
+    /// Read ceiling, units per second; `None` is unlimited.
+    pub read_limit: Option<f64>,
+    /// Write ceiling, units per second; `None` is unlimited.
+    pub write_limit: Option<f64>,
+    /// How each limit was chosen, for the operator.
+    pub limit_notes: Vec<String>,
+    /// Scan `Limit`; `None` is 1 MB pages.
+    pub page_size: Option<i32>,
+    /// Average item size used for page sizing and estimates.
+    pub avg_item_bytes: f64,
+    /// TotalSegments.
+    pub segments: u32,
+    /// Estimated read units for the whole scan.
+    pub read_estimate: f64,
+}
+
+impl std::fmt::Display for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let limit = |l: Option<f64>, unit: &str| match l {
+            Some(v) => format!("{v:.0} {unit}/s"),
+            None => "unlimited".to_owned(),
+        };
+        writeln!(
+            f,
+            "plan for {} on {}:",
+            self.migration.id(),
+            self.table.name
+        )?;
+        writeln!(
+            f,
+            "  table:          ~{} items, ~{:.1} MB (DescribeTable, updated every ~6 h), {}",
+            self.table.item_count,
+            self.table.size_bytes as f64 / 1e6,
+            if self.table.on_demand {
+                "on-demand"
+            } else {
+                "provisioned"
+            }
+        )?;
+        writeln!(f, "  segments:       {}", self.segments)?;
+        match self.page_size {
+            Some(p) => writeln!(
+                f,
+                "  page size:      {p} items (~{:.0} bytes per item)",
+                self.avg_item_bytes
+            )?,
+            None => writeln!(f, "  page size:      1 MB pages")?,
+        }
+        writeln!(f, "  read limit:     {}", limit(self.read_limit, "RCU"))?;
+        writeln!(f, "  write limit:    {}", limit(self.write_limit, "WCU"))?;
+        for note in &self.limit_notes {
+            writeln!(f, "                  {note}")?;
+        }
+        write!(f, "  scan estimate:  ~{:.0} RCU", self.read_estimate)?;
+        match self.read_limit {
+            Some(l) => writeln!(
+                f,
+                ", ~{} at the read limit",
+                human_duration(self.read_estimate / l)
+            )?,
+            None => writeln!(f)?,
+        }
+        Ok(())
+    }
+}
+
+/// `3h 12m`, `4m 05s`, `12s`.
+pub fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Looks at the table and resolves limits, page size and estimates. Sends no write.
+///
+/// # Errors
+/// A missing or unreachable table; an on-demand table without explicit limits.
+pub async fn prepare(
+    client: &Client,
+    migration: Arc<dyn Migration>,
+    table_name: &str,
+    plan: &Plan,
+) -> Result<Prepared, Error> {
+    let info = table::describe(client, table_name).await?;
+    let mut notes = Vec::new();
+    let resolve = |limit: Limit,
+                   provisioned: Option<i64>,
+                   unit: &str,
+                   flag: &str,
+                   notes: &mut Vec<String>| {
+        match limit {
+            Limit::Units(u) => Ok(Some(u)),
+            Limit::Unlimited => Ok(None),
+            Limit::Auto => match provisioned {
+                Some(p) if !info.on_demand => {
+                    let v = (p as f64 * DEFAULT_PROVISIONED_SHARE).max(1.0);
+                    notes.push(format!(
+                        "{unit}: {:.0}% of the table's provisioned {p} {unit} (pass {flag} to change)",
+                        DEFAULT_PROVISIONED_SHARE * 100.0
+                    ));
+                    Ok(Some(v))
+                }
+                _ => Err(Error::Usage(format!(
+                    "table {table_name} is on-demand (PAY_PER_REQUEST), so dynbulk cannot derive a safe rate from it; \
+                     pass --rcu-limit and --wcu-limit (capacity units per second), or --unlimited for a table nobody else uses"
+                ))),
+            },
+        }
+    };
+    let read_limit = resolve(
+        plan.limits.read,
+        info.read_capacity,
+        "RCU",
+        "--rcu-limit",
+        &mut notes,
+    )?;
+    let write_limit = resolve(
+        plan.limits.write,
+        info.write_capacity,
+        "WCU",
+        "--wcu-limit",
+        &mut notes,
+    )?;
+    let options = migration.scan_options();
+    let avg_item_bytes = if info.item_count > 0 && info.size_bytes > 0 {
+        info.size_bytes as f64 / info.item_count as f64
+    } else {
+        // DescribeTable's counts lag by hours; until they exist, assume 1 KB.
+        1024.0
+    };
+    let page_size = plan
+        .page_size
+        .or_else(|| limiter::page_limit(read_limit, avg_item_bytes, options.consistent_read));
+    let read_estimate = info.size_bytes as f64 / limiter::bytes_per_rcu(options.consistent_read);
+    Ok(Prepared {
+        migration,
+        table: info,
+        read_limit,
+        write_limit,
+        limit_notes: notes,
+        page_size,
+        avg_item_bytes,
+        segments: plan.segments,
+        read_estimate,
+    })
 }
 
 /// A run that did not complete: why, and what it achieved before stopping.
@@ -101,7 +290,22 @@ pub async fn run(
     plan: &Plan,
     shutdown: CancellationToken,
 ) -> Result<Report, Failure> {
-    let info = table::describe(client, table_name).await?;
+    let prepared = prepare(client, migration, table_name, plan).await?;
+    execute(client, &prepared, plan, shutdown).await
+}
+
+/// Runs a prepared migration: ledger, schema step, data step, ledger again.
+///
+/// # Errors
+/// As [`run`].
+pub async fn execute(
+    client: &Client,
+    prepared: &Prepared,
+    plan: &Plan,
+    shutdown: CancellationToken,
+) -> Result<Report, Failure> {
+    let migration = prepared.migration.clone();
+    let table_name = prepared.table.name.as_str();
     let ledger = Ledger::new(client.clone(), plan.state_table.clone());
     if !plan.dry_run {
         ledger.ensure().await?;
@@ -120,6 +324,7 @@ pub async fn run(
         samples: vec![],
         dead_letter: None,
         elapsed: Default::default(),
+        capacity: Default::default(),
     };
     if let Some(e) = &entry {
         if e.status == Status::Applied && !plan.rerun {
@@ -159,16 +364,30 @@ pub async fn run(
     let started = Instant::now();
     let stats = Arc::new(Stats::default());
     let dead_letter = Arc::new(DeadLetter::new(plan.dead_letter.clone()));
+    let budgets = Arc::new(Budgets {
+        read: Budget::new(prepared.read_limit),
+        write: Budget::new(prepared.write_limit),
+    });
     let result = pipeline(
         client,
-        migration.clone(),
-        &info,
+        prepared,
         plan,
         shutdown.clone(),
         stats.clone(),
         dead_letter.clone(),
+        budgets.clone(),
     )
     .await;
+    report.capacity = Capacity {
+        read_limit: prepared.read_limit,
+        write_limit: prepared.write_limit,
+        read_consumed: budgets.read.consumed(),
+        write_consumed: budgets.write.consumed(),
+        read_rate: budgets.read.rate(),
+        write_rate: budgets.write.rate(),
+        write_estimate: stats.write_estimate(),
+        page_size: prepared.page_size,
+    };
 
     report.counts = stats.counts();
     report.samples = stats.samples();
@@ -213,18 +432,20 @@ pub async fn run(
 
 async fn pipeline(
     client: &Client,
-    migration: Arc<dyn Migration>,
-    info: &table::TableInfo,
+    prepared: &Prepared,
     plan: &Plan,
     shutdown: CancellationToken,
     stats: Arc<Stats>,
     dead_letter: Arc<DeadLetter>,
+    budgets: Arc<Budgets>,
 ) -> Result<(), Error> {
+    let migration = prepared.migration.clone();
+    let info = &prepared.table;
     let options = migration.scan_options();
     let spec = Arc::new(ScanSpec {
         table: info.name.clone(),
         total_segments: plan.segments,
-        page_size: plan.page_size,
+        page_size: prepared.page_size,
         options: options.clone(),
         keys: info.keys.clone(),
     });
@@ -241,6 +462,7 @@ async fn pipeline(
         backoff: plan.backoff,
         stats: stats.clone(),
         projection,
+        budgets: budgets.clone(),
     });
     let pool = Arc::new(Pool {
         writer,
@@ -262,6 +484,8 @@ async fn pipeline(
             spec,
             stats: stats.clone(),
             backoff: plan.backoff,
+            budgets,
+            avg_item_bytes: prepared.avg_item_bytes,
         };
         let stop = stop_scans.clone();
         let concurrency = (plan.segments as usize).min(MAX_CONCURRENT_SCANS);

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{retry, Attempts, Backoff};
 use crate::error::{AwsError, Error, Result};
+use crate::limiter::{bytes_per_rcu, Budgets, MAX_PAGE_BYTES};
 use crate::migration::{Attrs, ScanOptions};
 use crate::report::Stats;
 
@@ -53,6 +54,10 @@ pub struct Scanner {
     pub stats: Arc<Stats>,
     /// Retry policy.
     pub backoff: Backoff,
+    /// Capacity budgets (scans charge the read budget).
+    pub budgets: Arc<Budgets>,
+    /// Average item size in bytes, for the first page's cost estimate.
+    pub avg_item_bytes: f64,
 }
 
 impl Scanner {
@@ -68,27 +73,34 @@ impl Scanner {
         tx: mpsc::Sender<Page>,
         cancel: CancellationToken,
     ) -> Result<()> {
-        let Scanner {
-            client,
-            spec,
-            stats,
-            backoff,
-        } = self;
-        scan_segment(client, spec, stats, *backoff, segment, start, tx, cancel).await
+        scan_segment(self, segment, start, tx, cancel).await
     }
 }
 
-#[allow(clippy::too_many_arguments)] // private; Scanner::segment is the interface
 async fn scan_segment(
-    client: &Client,
-    spec: &ScanSpec,
-    stats: &Stats,
-    backoff: Backoff,
+    scanner: &Scanner,
     segment: u32,
     start: Option<Attrs>,
     tx: mpsc::Sender<Page>,
     cancel: CancellationToken,
 ) -> Result<()> {
+    let Scanner {
+        client,
+        spec,
+        stats,
+        backoff,
+        budgets,
+        avg_item_bytes,
+    } = scanner;
+    let backoff = *backoff;
+    let per_rcu = bytes_per_rcu(spec.options.consistent_read);
+    // The first page's cost is estimated from the item size; later pages
+    // from what the previous page of this segment really cost.
+    let mut estimate = match spec.page_size {
+        Some(limit) => (f64::from(limit) * avg_item_bytes / per_rcu).min(MAX_PAGE_BYTES / per_rcu),
+        None => MAX_PAGE_BYTES / per_rcu,
+    }
+    .max(0.5);
     let mut start = start;
     let mut seq = 0;
     let (projection, mut names) = projection(spec);
@@ -120,7 +132,11 @@ async fn scan_segment(
                 } else {
                     Some(spec.options.filter_values.clone())
                 });
-            async move { req.send().await.map_err(AwsError::from_sdk) }
+            budgets
+                .read
+                .call(estimate, consumed_units, move || async move {
+                    req.send().await.map_err(AwsError::from_sdk)
+                })
         })
         .await;
         stats.throttled.fetch_add(
@@ -140,6 +156,9 @@ async fn scan_segment(
                 e,
             )
         })?;
+        if let Some(units) = consumed_units(&out) {
+            estimate = units.max(0.5);
+        }
         let items = out.items.unwrap_or_default();
         let last_key = out.last_evaluated_key.filter(|k| !k.is_empty());
         stats
@@ -164,6 +183,10 @@ async fn scan_segment(
         seq += 1;
         start = last_key;
     }
+}
+
+fn consumed_units(out: &aws_sdk_dynamodb::operation::scan::ScanOutput) -> Option<f64> {
+    out.consumed_capacity().and_then(|c| c.capacity_units())
 }
 
 /// The projection expression (keys always included) and its name placeholders.

@@ -15,6 +15,7 @@ use crate::backoff::{retry, Attempts, Backoff};
 use crate::deadletter::value_json;
 use crate::diff::{self, Expr, Planned};
 use crate::error::{AwsError, Class, Error};
+use crate::limiter::{item_size, read_units, write_units, Budgets};
 use crate::migration::{Attrs, Change, Item, Migration};
 use crate::report::{Sample, SampleChange, Stats};
 
@@ -52,6 +53,8 @@ pub struct Writer {
     pub stats: Arc<Stats>,
     /// Projection for re-reads, matching the scan's.
     pub projection: Option<(String, HashMap<String, String>)>,
+    /// Capacity budgets: writes charge the write budget, re-reads the read budget.
+    pub budgets: Arc<Budgets>,
 }
 
 impl Writer {
@@ -95,12 +98,16 @@ impl Writer {
                 }),
             }
             if self.dry_run {
+                let units = write_units(item_size(&attrs_now)) * 1000.0;
+                self.stats
+                    .write_estimate_milli
+                    .fetch_add(units as u64, std::sync::atomic::Ordering::Relaxed);
                 return Ok(match planned {
                     Planned::Delete(_) => ItemOutcome::Deleted,
                     _ => ItemOutcome::Updated,
                 });
             }
-            match self.send(&key, &planned).await {
+            match self.send(&key, &attrs_now, &planned).await {
                 Ok(()) => {
                     return Ok(match planned {
                         Planned::Delete(_) => ItemOutcome::Deleted,
@@ -110,7 +117,7 @@ impl Writer {
                 Err(e) => match e.class() {
                     Class::ConditionFailed => {
                         Stats::inc(&self.stats.conflicts);
-                        match self.reread(&key).await? {
+                        match self.reread(&key, item_size(&attrs_now)).await? {
                             Some(fresh) => attrs = fresh,
                             // Deleted by someone else in between: nothing left to migrate.
                             None => return Ok(ItemOutcome::Unchanged),
@@ -137,49 +144,77 @@ impl Writer {
         )))
     }
 
-    async fn send(&self, key: &Attrs, planned: &Planned) -> Result<(), AwsError> {
+    async fn send(&self, key: &Attrs, old: &Attrs, planned: &Planned) -> Result<(), AwsError> {
         let mut attempts = Attempts::default();
+        // UpdateItem is billed on the larger of the item before and after.
+        let old_size = item_size(old);
+        let estimate = match planned {
+            Planned::Update(e) => {
+                let added: usize = e
+                    .values
+                    .values()
+                    .map(|v| {
+                        let mut m = HashMap::new();
+                        m.insert(String::new(), v.clone());
+                        item_size(&m)
+                    })
+                    .sum();
+                write_units(old_size + added / 2)
+            }
+            _ => write_units(old_size),
+        };
         let r = match planned {
             Planned::Unchanged => Ok(()),
-            Planned::Update(e) => {
-                retry(&self.backoff, &mut attempts, || {
-                    let req = self
-                        .client
-                        .update_item()
-                        .table_name(&self.table)
-                        .set_key(Some(key.clone()))
-                        .update_expression(&e.update)
-                        .condition_expression(&e.condition)
-                        .set_expression_attribute_names(Some(e.names.clone()))
-                        .set_expression_attribute_values(non_empty(&e.values))
-                        .return_consumed_capacity(ReturnConsumedCapacity::Total);
-                    async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
-                })
-                .await
-            }
-            Planned::Delete(e) => {
-                retry(&self.backoff, &mut attempts, || {
-                    let req = self
-                        .client
-                        .delete_item()
-                        .table_name(&self.table)
-                        .set_key(Some(key.clone()))
-                        .condition_expression(&e.condition)
-                        .set_expression_attribute_names(Some(e.names.clone()))
-                        .set_expression_attribute_values(non_empty(&e.values))
-                        .return_consumed_capacity(ReturnConsumedCapacity::Total);
-                    async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
-                })
-                .await
-            }
+            Planned::Update(e) => retry(&self.backoff, &mut attempts, || {
+                let req = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key.clone()))
+                    .update_expression(&e.update)
+                    .condition_expression(&e.condition)
+                    .set_expression_attribute_names(Some(e.names.clone()))
+                    .set_expression_attribute_values(non_empty(&e.values))
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total);
+                self.budgets.write.call(
+                    estimate,
+                    |o: &aws_sdk_dynamodb::operation::update_item::UpdateItemOutput| {
+                        o.consumed_capacity().and_then(|c| c.capacity_units())
+                    },
+                    move || async move { req.send().await.map_err(AwsError::from_sdk) },
+                )
+            })
+            .await
+            .map(|_| ()),
+            Planned::Delete(e) => retry(&self.backoff, &mut attempts, || {
+                let req = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key.clone()))
+                    .condition_expression(&e.condition)
+                    .set_expression_attribute_names(Some(e.names.clone()))
+                    .set_expression_attribute_values(non_empty(&e.values))
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total);
+                self.budgets.write.call(
+                    estimate,
+                    |o: &aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput| {
+                        o.consumed_capacity().and_then(|c| c.capacity_units())
+                    },
+                    move || async move { req.send().await.map_err(AwsError::from_sdk) },
+                )
+            })
+            .await
+            .map(|_| ()),
         };
         self.count(attempts);
         r
     }
 
     /// Reads the item's current version, strongly consistent.
-    async fn reread(&self, key: &Attrs) -> Result<Option<Attrs>, Error> {
+    async fn reread(&self, key: &Attrs, size_hint: usize) -> Result<Option<Attrs>, Error> {
         let mut attempts = Attempts::default();
+        let estimate = read_units(size_hint, true);
         let r = retry(&self.backoff, &mut attempts, || {
             let mut req = self
                 .client
@@ -193,7 +228,13 @@ impl Writer {
                     .projection_expression(expr)
                     .set_expression_attribute_names(Some(names.clone()));
             }
-            async move { req.send().await.map_err(AwsError::from_sdk) }
+            self.budgets.read.call(
+                estimate,
+                |o: &aws_sdk_dynamodb::operation::get_item::GetItemOutput| {
+                    o.consumed_capacity().and_then(|c| c.capacity_units())
+                },
+                move || async move { req.send().await.map_err(AwsError::from_sdk) },
+            )
         })
         .await;
         self.count(attempts);

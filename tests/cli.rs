@@ -112,6 +112,38 @@ async fn bad_inputs_get_a_clear_message_exit_2_and_no_write() {
         2,
         "--page-size",
     );
+    // An on-demand table without limits: refused, with the flags to pass.
+    let stderr = expect_error(
+        &["run", "--table", &table.name, "--state-table", &state.name],
+        2,
+        "on-demand",
+    );
+    assert!(
+        stderr.contains("--rcu-limit") && stderr.contains("--wcu-limit"),
+        "{stderr}"
+    );
+    expect_error(
+        &["run", "--table", &table.name, "--rcu-limit", "0"],
+        2,
+        "--rcu-limit",
+    );
+    expect_error(
+        &["run", "--table", &table.name, "--wcu-limit", "-5"],
+        2,
+        "--wcu-limit",
+    );
+    expect_error(
+        &[
+            "run",
+            "--table",
+            &table.name,
+            "--wcu-limit",
+            "5",
+            "--unlimited",
+        ],
+        2,
+        "--unlimited",
+    );
     // A profile that does not exist.
     let home = tempfile::tempdir().unwrap();
     let out = dynbulk()
@@ -202,6 +234,7 @@ async fn dry_run_writes_nothing_and_predicts_the_real_run() {
     let out = dynbulk()
         .args([
             "run",
+            "--unlimited",
             "--dry-run",
             "--table",
             &table.name,
@@ -232,6 +265,7 @@ async fn dry_run_writes_nothing_and_predicts_the_real_run() {
     let out = dynbulk()
         .args([
             "run",
+            "--unlimited",
             "--table",
             &table.name,
             "--state-table",
@@ -279,7 +313,14 @@ async fn dry_run_writes_nothing_and_predicts_the_real_run() {
     );
     assert!(line.contains("3000"), "{status}");
     let out = dynbulk()
-        .args(["run", "--table", &table.name, "--state-table", &state.name])
+        .args([
+            "run",
+            "--unlimited",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -320,6 +361,10 @@ async fn item_too_large_to_update_is_dead_lettered_and_exit_is_1() {
     let out = dynbulk()
         .args([
             "run",
+            "--rcu-limit",
+            "5000",
+            "--wcu-limit",
+            "5000",
             "--table",
             &table.name,
             "--state-table",

@@ -12,7 +12,7 @@ use dynbulk::migrations::m20241220_add_status_category_fields::{
     category, AddStatusCategoryFields,
 };
 use dynbulk::report::Outcome;
-use dynbulk::run::{self, Plan};
+use dynbulk::run::{self, Limit, Limits, Plan};
 use dynbulk::sample::{self, KeyShape, STATUSES};
 use futures::stream::{self, StreamExt};
 use rand::seq::SliceRandom;
@@ -121,6 +121,10 @@ async fn concurrent_application_writes_are_never_lost() {
             page_size: Some(100),
             state_table: state.name.clone(),
             dead_letter: std::env::temp_dir().join(format!("{}.jsonl", unique("dl"))),
+            limits: Limits {
+                read: Limit::Unlimited,
+                write: Limit::Unlimited,
+            },
             ..Plan::default()
         },
         CancellationToken::new(),

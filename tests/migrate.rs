@@ -11,7 +11,7 @@ use common::*;
 use dynbulk::migration::{Change, Item, Migration, TransformError, Update};
 use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::report::Outcome;
-use dynbulk::run::{self, Plan};
+use dynbulk::run::{self, Limit, Limits, Plan};
 use dynbulk::sample::{self, KeyShape};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,10 @@ fn plan(segments: u32, state: &TestTable) -> Plan {
         segments,
         state_table: state.name.clone(),
         dead_letter: dir.join(format!("{}.jsonl", unique("dl"))),
+        limits: Limits {
+            read: Limit::Unlimited,
+            write: Limit::Unlimited,
+        },
         ..Plan::default()
     }
 }

@@ -1,0 +1,525 @@
+//! Capacity budgets: the operator's ceiling in capacity units per second,
+//! enforced by `governor`, under an adaptive working rate that backs off when
+//! DynamoDB throttles and grows back on success.
+//!
+//! Budgets are charged with what DynamoDB reports in `ConsumedCapacity`, not
+//! with request counts: a call first acquires its estimated cost, and when the
+//! response says what it really cost, the difference is carried as credit or
+//! debt into the next acquisition. Over any window, units charged equal units
+//! consumed, so the ceiling holds on what DynamoDB actually served.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use std::future::Future;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::error::{AwsError, Class};
+
+/// Governor counts whole cells; one cell is a thousandth of a capacity unit so
+/// that half-unit reads are charged exactly.
+const MILLI: f64 = 1000.0;
+
+/// Share of the ceiling that may be spent at once (the bucket's burst). Small,
+/// so that any 10-second window stays within 5% of the ceiling.
+const BURST_SHARE: f64 = 0.25;
+
+/// The adaptive working rate: pure logic, no I/O, driven by explicit times.
+///
+/// On a throttle the rate drops to [`Controller::CUT`] times the rate
+/// DynamoDB was actually serving (measured over the last seconds), at most once
+/// per [`Controller::COOLDOWN`] (a burst of throttles from requests already in
+/// flight is one signal). On success it grows by [`Controller::GROWTH`] of
+/// itself per second, up to the ceiling. The rate thus settles just under
+/// what the table gives: measured-based cuts keep utilization high, slow
+/// growth keeps throttles rare.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    ceiling: f64,
+    rate: f64,
+    floor: f64,
+    last_cut: Option<Instant>,
+    last_update: Instant,
+}
+
+impl Controller {
+    /// Rate after a throttle, as a share of the measured served rate.
+    pub const CUT: f64 = 0.95;
+    /// Growth per second, as a share of the current rate.
+    pub const GROWTH: f64 = 0.01;
+    /// Throttles closer together than this count once.
+    pub const COOLDOWN: Duration = Duration::from_millis(1500);
+
+    /// A controller starting at the ceiling.
+    pub fn new(ceiling: f64, now: Instant) -> Self {
+        Controller {
+            ceiling,
+            rate: ceiling,
+            floor: (ceiling * 0.01).max(0.5),
+            last_cut: None,
+            last_update: now,
+        }
+    }
+
+    /// The current working rate, units per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// DynamoDB throttled a request; `served` is the rate it was serving
+    /// (units per second over the last seconds).
+    pub fn on_throttle(&mut self, now: Instant, served: f64) {
+        if let Some(t) = self.last_cut {
+            if now.saturating_duration_since(t) < Self::COOLDOWN {
+                return;
+            }
+        }
+        let base = if served > 0.0 {
+            served.min(self.rate)
+        } else {
+            self.rate * 0.5
+        };
+        self.rate = (base * Self::CUT).clamp(self.floor, self.ceiling);
+        self.last_cut = Some(now);
+        self.last_update = now;
+    }
+
+    /// A request succeeded.
+    pub fn on_success(&mut self, now: Instant) {
+        let dt = now
+            .saturating_duration_since(self.last_update)
+            .as_secs_f64();
+        self.last_update = now;
+        if self
+            .last_cut
+            .is_some_and(|t| now.saturating_duration_since(t) < Self::COOLDOWN)
+        {
+            return;
+        }
+        self.rate = (self.rate * (1.0 + Self::GROWTH * dt)).min(self.ceiling);
+    }
+}
+
+/// What a call did, for settling its charge.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Settle {
+    /// It succeeded and DynamoDB reported this many units (or `None`: use the estimate).
+    Served(Option<f64>),
+    /// DynamoDB throttled it: nothing was consumed.
+    Throttled,
+    /// It failed otherwise; a rejected conditional write still consumed its estimate.
+    Failed {
+        /// Whether DynamoDB charged for it (conditional check failures are charged).
+        charged: bool,
+    },
+}
+
+/// One resource's budget (reads or writes).
+pub struct Budget {
+    ceiling: Option<f64>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    burst_milli: u32,
+    state: Mutex<State>,
+    consumed_milli: AtomicU64,
+    throttles: AtomicU64,
+}
+
+struct State {
+    controller: Option<Controller>,
+    /// Units carried over: positive is credit (estimates were high), negative is debt.
+    balance: f64,
+    /// Served units in the last seconds, for the measured rate.
+    window: VecDeque<(Instant, f64)>,
+}
+
+/// How far back the served rate is measured.
+const WINDOW: Duration = Duration::from_secs(3);
+
+impl Budget {
+    /// A budget of `ceiling` units per second; `None` means unlimited (only counted).
+    pub fn new(ceiling: Option<f64>) -> Self {
+        let now = Instant::now();
+        let ceiling = ceiling.filter(|c| *c > 0.0);
+        let (limiter, burst_milli) = match ceiling {
+            Some(c) => {
+                let per_sec = ((c * MILLI).round() as u32).max(1);
+                let burst = (((c * BURST_SHARE).max(1.0) * MILLI).round() as u32).max(1);
+                let period = Duration::from_secs_f64(1.0 / f64::from(per_sec));
+                let quota = Quota::with_period(period)
+                    .expect("period is positive")
+                    .allow_burst(NonZeroU32::new(burst).expect("burst is at least 1"));
+                (Some(RateLimiter::direct(quota)), burst)
+            }
+            None => (None, 0),
+        };
+        Budget {
+            ceiling,
+            limiter,
+            burst_milli,
+            state: Mutex::new(State {
+                controller: ceiling.map(|c| Controller::new(c, now)),
+                balance: 0.0,
+                window: VecDeque::new(),
+            }),
+            consumed_milli: AtomicU64::new(0),
+            throttles: AtomicU64::new(0),
+        }
+    }
+
+    /// The operator's ceiling, units per second.
+    pub fn ceiling(&self) -> Option<f64> {
+        self.ceiling
+    }
+
+    /// The current working rate (the ceiling when no throttling was seen).
+    pub fn rate(&self) -> Option<f64> {
+        self.lock().controller.as_ref().map(Controller::rate)
+    }
+
+    /// Units consumed so far, as DynamoDB reported them.
+    pub fn consumed(&self) -> f64 {
+        self.consumed_milli.load(Relaxed) as f64 / MILLI
+    }
+
+    /// Throttled calls seen.
+    pub fn throttles(&self) -> u64 {
+        self.throttles.load(Relaxed)
+    }
+
+    /// The burst: the largest charge the bucket can take at once, in units.
+    pub fn burst(&self) -> Option<f64> {
+        self.limiter
+            .as_ref()
+            .map(|_| f64::from(self.burst_milli) / MILLI)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `estimate` units may be spent at the working rate. Returns
+    /// the governor cells (thousandths of a unit, scaled by ceiling/rate) taken.
+    pub async fn acquire(&self, estimate: f64) -> u64 {
+        let Some(limiter) = &self.limiter else {
+            return 0;
+        };
+        let cells = {
+            let mut st = self.lock();
+            let rate = st.controller.as_ref().map(Controller::rate).unwrap_or(1.0);
+            let scale = self.ceiling.unwrap_or(rate) / rate.max(1e-9);
+            let need = estimate - st.balance;
+            st.balance = (st.balance - estimate).max(0.0);
+            if need <= 0.0 {
+                return 0;
+            }
+            (need * scale * MILLI).ceil() as u64
+        };
+        // Charges larger than the burst are taken in burst-sized steps
+        // (governor refuses a single charge above its burst: InsufficientCapacity).
+        let mut left = cells;
+        while left > 0 {
+            let step = left.min(u64::from(self.burst_milli)) as u32;
+            let n = NonZeroU32::new(step).expect("step is positive");
+            if limiter.until_n_ready(n).await.is_err() {
+                // Cannot happen: step <= burst. Fail open rather than hang.
+                break;
+            }
+            left -= u64::from(step);
+        }
+        cells - left
+    }
+
+    /// Records what a call really cost and what it says about capacity.
+    pub fn settle(&self, estimate: f64, outcome: Settle) {
+        let now = Instant::now();
+        let actual = match outcome {
+            Settle::Served(units) => units.unwrap_or(estimate),
+            Settle::Throttled => 0.0,
+            Settle::Failed { charged } => {
+                if charged {
+                    estimate
+                } else {
+                    0.0
+                }
+            }
+        };
+        self.consumed_milli
+            .fetch_add((actual * MILLI).round() as u64, Relaxed);
+        let mut st = self.lock();
+        // What the acquisition did not cover is debt; what it overpaid is credit,
+        // bounded so that a run of overestimates cannot save up a burst.
+        let cap = self.burst().unwrap_or(0.0);
+        st.balance = (st.balance + estimate - actual).clamp(-1e9, cap);
+        if actual > 0.0 {
+            st.window.push_back((now, actual));
+        }
+        while st
+            .window
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > WINDOW)
+        {
+            st.window.pop_front();
+        }
+        let served = st.window.iter().map(|(_, u)| u).sum::<f64>() / WINDOW.as_secs_f64();
+        match outcome {
+            Settle::Throttled => {
+                self.throttles.fetch_add(1, Relaxed);
+                if let Some(c) = st.controller.as_mut() {
+                    c.on_throttle(now, served);
+                }
+            }
+            Settle::Served(_) => {
+                if let Some(c) = st.controller.as_mut() {
+                    c.on_success(now);
+                }
+            }
+            Settle::Failed { .. } => {}
+        }
+    }
+}
+
+impl Budget {
+    /// Makes one metered call: acquires `estimate`, runs `call`, settles with the
+    /// units the response reports (`units`), or with what the error implies.
+    ///
+    /// # Errors
+    /// The call's own error, unchanged (the caller's retry loop decides).
+    pub async fn call<T, Fut>(
+        &self,
+        estimate: f64,
+        units: impl FnOnce(&T) -> Option<f64>,
+        call: impl FnOnce() -> Fut,
+    ) -> Result<T, AwsError>
+    where
+        Fut: Future<Output = Result<T, AwsError>>,
+    {
+        self.acquire(estimate).await;
+        let r = call().await;
+        let outcome = match &r {
+            Ok(out) => Settle::Served(units(out)),
+            Err(e) => match e.class() {
+                Class::Throttle => Settle::Throttled,
+                // DynamoDB charges a write whose condition failed.
+                Class::ConditionFailed => Settle::Failed { charged: true },
+                _ => Settle::Failed { charged: false },
+            },
+        };
+        self.settle(estimate, outcome);
+        r
+    }
+}
+
+/// Read and write budgets of a run.
+pub struct Budgets {
+    /// Read capacity (Scan, GetItem).
+    pub read: Budget,
+    /// Write capacity (UpdateItem, DeleteItem).
+    pub write: Budget,
+}
+
+/// Bytes one read capacity unit covers: 4 KB strongly consistent, 8 KB eventually consistent.
+pub fn bytes_per_rcu(consistent: bool) -> f64 {
+    if consistent {
+        4096.0
+    } else {
+        8192.0
+    }
+}
+
+/// Largest Scan page: 1 MB.
+pub const MAX_PAGE_BYTES: f64 = 1024.0 * 1024.0;
+
+/// Share of one second's read budget one Scan page may cost.
+pub const PAGE_SHARE: f64 = 0.1;
+
+/// The Scan `Limit` that keeps one page at most [`PAGE_SHARE`] of a second's read
+/// budget (and within the bucket's burst), given the average item size. A full
+/// 1 MB page costs 128 RCU eventually consistent, 256 strongly consistent.
+/// `None` (unlimited reads) lets DynamoDB fill 1 MB pages.
+pub fn page_limit(read_limit: Option<f64>, avg_item_bytes: f64, consistent: bool) -> Option<i32> {
+    let limit = read_limit?;
+    let page_units = (limit * PAGE_SHARE).max(0.5);
+    let page_bytes = (page_units * bytes_per_rcu(consistent)).min(MAX_PAGE_BYTES);
+    let items = (page_bytes / avg_item_bytes.max(1.0)).floor();
+    Some(items.clamp(1.0, 10_000.0) as i32)
+}
+
+/// An item's size as DynamoDB bills it: attribute names plus values.
+pub fn item_size(item: &crate::migration::Attrs) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn value_size(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
+    use aws_sdk_dynamodb::types::AttributeValue as V;
+    match v {
+        V::S(s) => s.len(),
+        V::N(n) => n.len().div_ceil(2) + 1,
+        V::B(b) => b.as_ref().len(),
+        V::Bool(_) | V::Null(_) => 1,
+        V::Ss(s) => s.iter().map(String::len).sum(),
+        V::Ns(s) => s.iter().map(|n| n.len().div_ceil(2) + 1).sum(),
+        V::Bs(s) => s.iter().map(|b| b.as_ref().len()).sum(),
+        V::L(l) => 3 + l.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
+        V::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, v)| 1 + k.len() + value_size(v))
+                .sum::<usize>()
+        }
+        _ => 0,
+    }
+}
+
+/// Write units an item of `bytes` costs: one per KB, rounded up.
+pub fn write_units(bytes: usize) -> f64 {
+    bytes.div_ceil(1024).max(1) as f64
+}
+
+/// Read units a single-item read of `bytes` costs.
+pub fn read_units(bytes: usize, consistent: bool) -> f64 {
+    let units = bytes.div_ceil(4096).max(1) as f64;
+    if consistent {
+        units
+    } else {
+        units / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_cuts_to_a_share_of_the_served_rate_once_per_cooldown() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(300.0, t0);
+        c.on_throttle(t0, 100.0);
+        assert!((c.rate() - 95.0).abs() < 1e-9);
+        // More throttles from requests already in flight: one signal.
+        c.on_throttle(t0 + Duration::from_millis(100), 50.0);
+        assert!((c.rate() - 95.0).abs() < 1e-9);
+        c.on_throttle(t0 + Duration::from_secs(2), 90.0);
+        assert!((c.rate() - 85.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn success_grows_slowly_back_to_the_ceiling() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(100.0, t0);
+        c.on_throttle(t0, 50.0);
+        let start = c.rate();
+        c.on_success(t0 + Duration::from_secs(2));
+        c.on_success(t0 + Duration::from_secs(12));
+        assert!(
+            c.rate() > start * 1.09 && c.rate() < start * 1.13,
+            "{}",
+            c.rate()
+        );
+        for s in 13..1000 {
+            c.on_success(t0 + Duration::from_secs(s));
+        }
+        assert_eq!(c.rate(), 100.0);
+    }
+
+    #[test]
+    fn rate_never_drops_below_the_floor() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(100.0, t0);
+        for s in 0..50 {
+            c.on_throttle(t0 + Duration::from_secs(2 * s), 0.0);
+        }
+        assert!(c.rate() >= 1.0 - 1e-9, "{}", c.rate());
+    }
+
+    /// Simulates a table with capacity C and a bucket of one second, against a
+    /// client whose ceiling is 3C: the rate settles near C, few throttles.
+    #[test]
+    fn settles_near_capacity_when_capacity_is_below_the_ceiling() {
+        let t0 = Instant::now();
+        let capacity = 100.0;
+        let mut c = Controller::new(300.0, t0);
+        let mut bucket = capacity;
+        let (mut served, mut sent, mut throttled) = (0.0, 0u64, 0u64);
+        let mut window: VecDeque<(f64, f64)> = VecDeque::new();
+        let step = 0.01; // 10 ms
+        let mut debt = 0.0;
+        for i in 0..(300.0 / step) as u64 {
+            let t = i as f64 * step;
+            let now = t0 + Duration::from_secs_f64(t);
+            bucket = (bucket + capacity * step).min(capacity);
+            debt += c.rate() * step;
+            while debt >= 1.0 {
+                debt -= 1.0;
+                sent += 1;
+                if bucket > 0.0 {
+                    bucket -= 1.0;
+                    if t > 60.0 {
+                        served += 1.0;
+                    }
+                    window.push_back((t, 1.0));
+                    c.on_success(now);
+                } else {
+                    if t > 60.0 {
+                        throttled += 1;
+                    }
+                    while window.front().is_some_and(|(w, _)| t - w > 3.0) {
+                        window.pop_front();
+                    }
+                    let rate = window.iter().map(|(_, u)| u).sum::<f64>() / 3.0;
+                    c.on_throttle(now, rate);
+                }
+            }
+        }
+        let utilization = served / (capacity * 240.0);
+        let share = throttled as f64 / sent as f64;
+        assert!(utilization > 0.95, "utilization {utilization}");
+        assert!(share < 0.02, "throttled share {share}");
+    }
+
+    #[test]
+    fn page_limit_keeps_a_page_within_a_tenth_of_the_budget() {
+        // 500 RCU/s, 1 KB items, eventually consistent: 50 RCU = 400 KB = 400 items.
+        assert_eq!(page_limit(Some(500.0), 1024.0, false), Some(400));
+        // Strongly consistent pages cost twice as much.
+        assert_eq!(page_limit(Some(500.0), 1024.0, true), Some(200));
+        // Never more than a 1 MB page.
+        assert_eq!(page_limit(Some(100_000.0), 100.0, false), Some(10_000));
+        assert_eq!(page_limit(Some(100_000.0), 1024.0, false), Some(1024));
+        // Tiny budgets still make progress.
+        assert_eq!(page_limit(Some(1.0), 300_000.0, false), Some(1));
+        assert_eq!(page_limit(None, 1024.0, false), None);
+    }
+
+    #[test]
+    fn unit_costs_follow_dynamodb_rounding() {
+        assert_eq!(write_units(1), 1.0);
+        assert_eq!(write_units(1024), 1.0);
+        assert_eq!(write_units(1025), 2.0);
+        assert_eq!(read_units(4096, true), 1.0);
+        assert_eq!(read_units(4097, true), 2.0);
+        assert_eq!(read_units(100, false), 0.5);
+    }
+
+    #[tokio::test]
+    async fn unlimited_budget_counts_without_waiting() {
+        let b = Budget::new(None);
+        b.acquire(1e9).await;
+        b.settle(1.0, Settle::Served(Some(2.5)));
+        b.settle(1.0, Settle::Throttled);
+        assert_eq!(b.consumed(), 2.5);
+        assert_eq!(b.throttles(), 1);
+        assert_eq!(b.rate(), None);
+    }
+
+    #[tokio::test]
+    async fn charges_above_the_burst_are_taken_in_steps() {
+        // 1000 units/s, burst 250: a 600-unit charge must not be refused.
+        let b = Budget::new(Some(1000.0));
+        assert_eq!(b.burst(), Some(250.0));
+        assert_eq!(b.acquire(600.0).await, 600_000);
+    }
+}

@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, Mutex};
 
 use dynbulk::deadletter::DeadLetter;
+use dynbulk::limiter::{Budget, Budgets};
 use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::report::Stats;
 use dynbulk::sample::{self, KeyShape};

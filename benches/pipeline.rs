@@ -69,6 +69,10 @@ fn pipeline(c: &mut Criterion) {
                             backoff: Default::default(),
                             stats: stats.clone(),
                             projection: None,
+                            budgets: Arc::new(Budgets {
+                                read: Budget::new(None),
+                                write: Budget::new(None),
+                            }),
                         });
                         let pool = Arc::new(Pool {
                             writer,

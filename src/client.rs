@@ -60,7 +60,7 @@ pub async fn build(conn: &Connection) -> Result<Client, String> {
         loader = loader.endpoint_url(url);
     }
     let config = loader.load().await;
-    let mut builder = aws_sdk_dynamodb::config::Builder::from(&config);
+    let mut builder = policy(aws_sdk_dynamodb::config::Builder::from(&config));
     if config.region().is_none() {
         if conn.endpoint_url.is_some()
             || std::env::var_os("AWS_ENDPOINT_URL_DYNAMODB").is_some()
@@ -72,6 +72,21 @@ pub async fn build(conn: &Connection) -> Result<Client, String> {
         }
     }
     Ok(Client::from_conf(builder.build()))
+}
+
+/// Applies dynbulk's call policy to a client configuration: SDK retries off
+/// (dynbulk's backoff owns retries), connect timeout 3 s, attempt timeout 30 s.
+/// Anything that builds a client for dynbulk (tests too) goes through this.
+pub fn policy(builder: aws_sdk_dynamodb::config::Builder) -> aws_sdk_dynamodb::config::Builder {
+    builder
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(3))
+                .read_timeout(Duration::from_secs(30))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        )
 }
 
 /// Whether a profile is defined in the shared config or credentials file.

@@ -26,7 +26,7 @@ const MILLI: f64 = 1000.0;
 
 /// Share of the ceiling that may be spent at once (the bucket's burst). Small,
 /// so that any 10-second window stays within 5% of the ceiling.
-const BURST_SHARE: f64 = 0.25;
+const BURST_SHARE: f64 = 0.1;
 
 /// The adaptive working rate: pure logic, no I/O, driven by explicit times.
 ///
@@ -42,6 +42,8 @@ pub struct Controller {
     ceiling: f64,
     rate: f64,
     floor: f64,
+    /// The served rate at the last throttle: the best estimate of capacity.
+    capacity: Option<f64>,
     last_cut: Option<Instant>,
     last_update: Instant,
 }
@@ -49,10 +51,12 @@ pub struct Controller {
 impl Controller {
     /// Rate after a throttle, as a share of the measured served rate.
     pub const CUT: f64 = 0.95;
-    /// Growth per second, as a share of the current rate.
+    /// Growth per second near the estimated capacity, as a share of the current rate.
     pub const GROWTH: f64 = 0.01;
+    /// Growth per second when well below the estimated capacity (after a deep cut).
+    pub const GROWTH_FAST: f64 = 0.05;
     /// Throttles closer together than this count once.
-    pub const COOLDOWN: Duration = Duration::from_millis(1500);
+    pub const COOLDOWN: Duration = Duration::from_millis(300);
 
     /// A controller starting at the ceiling.
     pub fn new(ceiling: f64, now: Instant) -> Self {
@@ -60,6 +64,7 @@ impl Controller {
             ceiling,
             rate: ceiling,
             floor: (ceiling * 0.01).max(0.5),
+            capacity: None,
             last_cut: None,
             last_update: now,
         }
@@ -78,11 +83,10 @@ impl Controller {
                 return;
             }
         }
-        let base = if served > 0.0 {
-            served.min(self.rate)
-        } else {
-            self.rate * 0.5
-        };
+        // What DynamoDB served is what the table gives, unless our own backoff
+        // held demand down: never cut below half the current rate in one step.
+        let base = served.min(self.rate).max(self.rate * 0.5);
+        self.capacity = Some(base);
         self.rate = (base * Self::CUT).clamp(self.floor, self.ceiling);
         self.last_cut = Some(now);
         self.last_update = now;
@@ -100,7 +104,11 @@ impl Controller {
         {
             return;
         }
-        self.rate = (self.rate * (1.0 + Self::GROWTH * dt)).min(self.ceiling);
+        let growth = match self.capacity {
+            Some(c) if self.rate < c * 0.9 => Self::GROWTH_FAST,
+            _ => Self::GROWTH,
+        };
+        self.rate = (self.rate * (1.0 + growth * dt)).min(self.ceiling);
     }
 }
 
@@ -120,6 +128,7 @@ pub enum Settle {
 
 /// One resource's budget (reads or writes).
 pub struct Budget {
+    created: Instant,
     ceiling: Option<f64>,
     limiter: Option<DefaultDirectRateLimiter>,
     burst_milli: u32,
@@ -157,6 +166,7 @@ impl Budget {
             None => (None, 0),
         };
         Budget {
+            created: now,
             ceiling,
             limiter,
             burst_milli,
@@ -252,8 +262,15 @@ impl Budget {
         let mut st = self.lock();
         // What the acquisition did not cover is debt; what it overpaid is credit,
         // bounded so that a run of overestimates cannot save up a burst.
+        // A throttled call earns no credit: its slot was used, and handing the
+        // units back would let retries rush the table that just said no.
         let cap = self.burst().unwrap_or(0.0);
-        st.balance = (st.balance + estimate - actual).clamp(-1e9, cap);
+        let spent = if outcome == Settle::Throttled {
+            estimate
+        } else {
+            actual
+        };
+        st.balance = (st.balance + estimate - spent).clamp(-1e9, cap);
         if actual > 0.0 {
             st.window.push_back((now, actual));
         }
@@ -264,7 +281,13 @@ impl Budget {
         {
             st.window.pop_front();
         }
-        let served = st.window.iter().map(|(_, u)| u).sum::<f64>() / WINDOW.as_secs_f64();
+        // Early in a run the window is not full yet: divide by the time covered.
+        let span = now
+            .saturating_duration_since(self.created)
+            .min(WINDOW)
+            .as_secs_f64()
+            .max(0.1);
+        let served = st.window.iter().map(|(_, u)| u).sum::<f64>() / span;
         match outcome {
             Settle::Throttled => {
                 self.throttles.fetch_add(1, Relaxed);
@@ -396,7 +419,7 @@ mod tests {
     #[test]
     fn throttle_cuts_to_a_share_of_the_served_rate_once_per_cooldown() {
         let t0 = Instant::now();
-        let mut c = Controller::new(300.0, t0);
+        let mut c = Controller::new(180.0, t0);
         c.on_throttle(t0, 100.0);
         assert!((c.rate() - 95.0).abs() < 1e-9);
         // More throttles from requests already in flight: one signal.
@@ -404,6 +427,10 @@ mod tests {
         assert!((c.rate() - 95.0).abs() < 1e-9);
         c.on_throttle(t0 + Duration::from_secs(2), 90.0);
         assert!((c.rate() - 85.5).abs() < 1e-9);
+        // A served rate far below the working rate (our own backoff held demand
+        // down) cuts at most by half.
+        c.on_throttle(t0 + Duration::from_secs(4), 10.0);
+        assert!((c.rate() - 85.5 * 0.5 * 0.95).abs() < 1e-9, "{}", c.rate());
     }
 
     #[test]
@@ -517,9 +544,9 @@ mod tests {
 
     #[tokio::test]
     async fn charges_above_the_burst_are_taken_in_steps() {
-        // 1000 units/s, burst 250: a 600-unit charge must not be refused.
+        // 1000 units/s, burst 100: a 250-unit charge must not be refused.
         let b = Budget::new(Some(1000.0));
-        assert_eq!(b.burst(), Some(250.0));
-        assert_eq!(b.acquire(600.0).await, 600_000);
+        assert_eq!(b.burst(), Some(100.0));
+        assert_eq!(b.acquire(250.0).await, 250_000);
     }
 }

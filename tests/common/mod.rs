@@ -31,7 +31,8 @@ pub fn client() -> Client {
 
 /// A client for any endpoint (a proxy in front of the real one, say).
 pub fn client_for(endpoint: &str) -> Client {
-    let conf = aws_sdk_dynamodb::Config::builder()
+    // dynbulk's own policy: no SDK retries, so injected faults reach dynbulk's backoff.
+    let conf = dynbulk::client::policy(aws_sdk_dynamodb::Config::builder())
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(

@@ -1,0 +1,534 @@
+//! A fault-injecting proxy in front of the DynamoDB endpoint, for tests and
+//! benchmarks. It listens on a loopback port and forwards to the real endpoint.
+//! For one table (the data table under test) it:
+//!
+//! - enforces a capacity in read and write units per second, as DynamoDB does:
+//!   a token bucket per kind, refilled continuously, holding `burst_seconds` of
+//!   capacity; a request arriving while the bucket is empty is answered with
+//!   ProvisionedThroughputExceededException (HTTP 400, DynamoDB's JSON error
+//!   shape) without reaching the endpoint; a served request is charged what the
+//!   endpoint's `ConsumedCapacity` says (the bucket may go into debt);
+//! - injects faults at configured rates: ThrottlingException,
+//!   RequestLimitExceeded, HTTP 500 and 503, connection resets (some after the
+//!   request was forwarded, so the write happened and the answer was lost), and
+//!   latency spikes;
+//! - counts requests, throttles, faults and units per operation, and keeps a
+//!   timeline of served units so tests can check any window.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+/// Fault rates, each a probability per request to the data table.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// ThrottlingException.
+    pub throttling: f64,
+    /// RequestLimitExceeded.
+    pub request_limit: f64,
+    /// ProvisionedThroughputExceededException regardless of capacity.
+    pub provisioned: f64,
+    /// HTTP 500 InternalServerError.
+    pub http500: f64,
+    /// HTTP 503 ServiceUnavailable.
+    pub http503: f64,
+    /// Connection reset without an answer.
+    pub reset: f64,
+    /// Latency spike.
+    pub latency: f64,
+    /// How long a spike lasts.
+    pub latency_spike: Duration,
+}
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data table: capacity and faults apply to it only.
+    pub table: String,
+    /// Read units per second; `None` is unlimited.
+    pub read_capacity: Option<f64>,
+    /// Write units per second; `None` is unlimited.
+    pub write_capacity: Option<f64>,
+    /// Bucket size in seconds of capacity.
+    pub burst_seconds: f64,
+    /// Injected faults.
+    pub faults: Faults,
+    /// Seed of the fault dice (printed by tests so failures replay).
+    pub seed: u64,
+}
+
+impl Config {
+    pub fn new(table: &str) -> Self {
+        Config {
+            table: table.to_owned(),
+            read_capacity: None,
+            write_capacity: None,
+            burst_seconds: 1.0,
+            faults: Faults::default(),
+            seed: 0,
+        }
+    }
+}
+
+/// Read or write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Read,
+    Write,
+}
+
+/// Counters for one operation.
+#[derive(Debug, Clone, Default)]
+pub struct OpStats {
+    /// Requests received for the data table.
+    pub requests: u64,
+    /// Answered with a throttling error (capacity or injected).
+    pub throttled: u64,
+    /// Capacity throttles only (bucket empty).
+    pub capacity_throttled: u64,
+    /// Injected 5xx, resets.
+    pub faults: u64,
+    /// Units the endpoint reported for served requests.
+    pub units: f64,
+}
+
+/// What the proxy saw.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Per operation name (`Scan`, `UpdateItem`, ...).
+    pub ops: HashMap<String, OpStats>,
+    /// (seconds since start, kind, units) of every served request.
+    pub timeline: Vec<(f64, Kind, f64)>,
+    /// (seconds since start, kind, throttled) of every request to the data table.
+    pub requests: Vec<(f64, Kind, bool)>,
+}
+
+impl Stats {
+    /// Totals over all operations of one kind.
+    pub fn total(&self, kind: Kind) -> OpStats {
+        let mut t = OpStats::default();
+        for (op, s) in &self.ops {
+            if kind_of(op) == Some(kind) {
+                t.requests += s.requests;
+                t.throttled += s.throttled;
+                t.capacity_throttled += s.capacity_throttled;
+                t.faults += s.faults;
+                t.units += s.units;
+            }
+        }
+        t
+    }
+
+    /// The most units of `kind` served in any window of `window` seconds
+    /// (windows start at every served request).
+    pub fn max_window(&self, kind: Kind, window: f64) -> f64 {
+        let events: Vec<(f64, f64)> = self
+            .timeline
+            .iter()
+            .filter(|(_, k, _)| *k == kind)
+            .map(|(t, _, u)| (*t, *u))
+            .collect();
+        let mut best = 0.0;
+        let mut sum = 0.0;
+        let mut j = 0;
+        for i in 0..events.len() {
+            while j < events.len() && events[j].0 < events[i].0 + window {
+                sum += events[j].1;
+                j += 1;
+            }
+            if sum > best {
+                best = sum;
+            }
+            sum -= events[i].1;
+        }
+        best
+    }
+
+    /// Units of `kind` served between `from` and `to` seconds.
+    pub fn units_between(&self, kind: Kind, from: f64, to: f64) -> f64 {
+        self.timeline
+            .iter()
+            .filter(|(t, k, _)| *k == kind && *t >= from && *t < to)
+            .map(|(_, _, u)| u)
+            .sum()
+    }
+
+    /// Requests of `kind` between `from` and `to` seconds, and how many were throttled.
+    pub fn requests_between(&self, kind: Kind, from: f64, to: f64) -> (u64, u64) {
+        let mut n = (0, 0);
+        for (t, k, throttled) in &self.requests {
+            if *k == kind && *t >= from && *t < to {
+                n.0 += 1;
+                n.1 += u64::from(*throttled);
+            }
+        }
+        n
+    }
+
+    /// Time of the last served request of `kind`.
+    pub fn last(&self, kind: Kind) -> f64 {
+        self.timeline
+            .iter()
+            .filter(|(_, k, _)| *k == kind)
+            .map(|(t, _, _)| *t)
+            .fold(0.0, f64::max)
+    }
+}
+
+fn kind_of(op: &str) -> Option<Kind> {
+    match op {
+        "Scan" | "Query" | "GetItem" | "BatchGetItem" => Some(Kind::Read),
+        "UpdateItem" | "PutItem" | "DeleteItem" | "BatchWriteItem" => Some(Kind::Write),
+        _ => None,
+    }
+}
+
+struct Bucket {
+    capacity: f64,
+    size: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(capacity: f64, burst_seconds: f64) -> Self {
+        let size = capacity * burst_seconds;
+        Bucket {
+            capacity,
+            size,
+            tokens: size,
+            at: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.capacity).min(self.size);
+    }
+}
+
+struct Shared {
+    config: Config,
+    upstream: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    start: Instant,
+    stats: Mutex<Stats>,
+    buckets: Mutex<HashMap<Kind, Bucket>>,
+    rng: Mutex<rand::rngs::StdRng>,
+}
+
+/// A running proxy; stops when dropped.
+pub struct Proxy {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy on a free loopback port in front of `upstream`.
+    pub async fn start(upstream: &str, config: Config) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mut buckets = HashMap::new();
+        if let Some(c) = config.read_capacity {
+            buckets.insert(Kind::Read, Bucket::new(c, config.burst_seconds));
+        }
+        if let Some(c) = config.write_capacity {
+            buckets.insert(Kind::Write, Bucket::new(c, config.burst_seconds));
+        }
+        let shared = Arc::new(Shared {
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(config.seed)),
+            config,
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            start: Instant::now(),
+            stats: Mutex::new(Stats::default()),
+            buckets: Mutex::new(buckets),
+        });
+        let s = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(s.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Proxy { url, shared, task }
+    }
+
+    /// A snapshot of what the proxy saw.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.lock().unwrap().clone()
+    }
+
+    /// Seconds since the proxy started (the timeline's clock).
+    pub fn now(&self) -> f64 {
+        self.shared.start.elapsed().as_secs_f64()
+    }
+}
+
+#[derive(Debug)]
+struct Reset;
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("injected connection reset")
+    }
+}
+
+impl std::error::Error for Reset {}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({
+        "__type": format!("com.amazonaws.dynamodb.v20120810#{code}"),
+        "message": message,
+    })
+    .to_string();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.0")
+        .header("x-amzn-requestid", "dynbulk-test-proxy")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+/// What the dice decided for one request.
+enum Fate {
+    Pass,
+    Error(StatusCode, &'static str),
+    Reset { after_forward: bool },
+    FiveHundredAfterForward,
+}
+
+async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Reset> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map_err(|_| Reset)?.to_bytes();
+    let op = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.split('.').nth(1))
+        .unwrap_or("")
+        .to_owned();
+    let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let tables: Vec<String> = match json.get("TableName").and_then(Value::as_str) {
+        Some(t) => vec![t.to_owned()],
+        None => json
+            .get("RequestItems")
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default(),
+    };
+    let kind = kind_of(&op);
+    let metered = kind.is_some() && tables.iter().any(|t| *t == s.config.table);
+
+    if metered {
+        let kind = kind.unwrap();
+        s.stats
+            .lock()
+            .unwrap()
+            .ops
+            .entry(op.clone())
+            .or_default()
+            .requests += 1;
+        // Capacity first: an empty bucket throttles before anything else.
+        let empty = {
+            let mut buckets = s.buckets.lock().unwrap();
+            match buckets.get_mut(&kind) {
+                Some(b) => {
+                    b.refill();
+                    b.tokens <= 0.0
+                }
+                None => false,
+            }
+        };
+        let t = s.start.elapsed().as_secs_f64();
+        if empty {
+            let mut st = s.stats.lock().unwrap();
+            st.requests.push((t, kind, true));
+            let o = st.ops.entry(op.clone()).or_default();
+            o.throttled += 1;
+            o.capacity_throttled += 1;
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                "ProvisionedThroughputExceededException",
+                "The level of configured provisioned throughput for the table was exceeded.",
+            ));
+        }
+        let (fate, delay) = {
+            let f = &s.config.faults;
+            let mut rng = s.rng.lock().unwrap();
+            let delay = (rng.random::<f64>() < f.latency).then_some(f.latency_spike);
+            let mut x: f64 = rng.random();
+            let mut pick = |p: f64| {
+                let hit = x < p;
+                x -= p;
+                hit
+            };
+            let fate = if pick(f.throttling) {
+                Fate::Error(StatusCode::BAD_REQUEST, "ThrottlingException")
+            } else if pick(f.request_limit) {
+                Fate::Error(StatusCode::BAD_REQUEST, "RequestLimitExceeded")
+            } else if pick(f.provisioned) {
+                Fate::Error(
+                    StatusCode::BAD_REQUEST,
+                    "ProvisionedThroughputExceededException",
+                )
+            } else if pick(f.http500 / 2.0) {
+                Fate::Error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError")
+            } else if pick(f.http500 / 2.0) {
+                Fate::FiveHundredAfterForward
+            } else if pick(f.http503) {
+                Fate::Error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            } else if pick(f.reset) {
+                Fate::Reset {
+                    after_forward: rng.random::<bool>(),
+                }
+            } else {
+                Fate::Pass
+            };
+            (fate, delay)
+        };
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        match fate {
+            Fate::Error(status, code) => {
+                let mut st = s.stats.lock().unwrap();
+                st.requests
+                    .push((t, kind, status == StatusCode::BAD_REQUEST));
+                let o = st.ops.entry(op.clone()).or_default();
+                if status == StatusCode::BAD_REQUEST {
+                    o.throttled += 1;
+                } else {
+                    o.faults += 1;
+                }
+                return Ok(error(status, code, "injected by the dynbulk test proxy"));
+            }
+            Fate::Reset {
+                after_forward: false,
+            } => {
+                s.stats
+                    .lock()
+                    .unwrap()
+                    .ops
+                    .entry(op.clone())
+                    .or_default()
+                    .faults += 1;
+                return Err(Reset);
+            }
+            _ => {}
+        }
+        let response = forward(&s, &parts, body).await?;
+        let (rparts, rbody) = response;
+        let units = if rparts.status == StatusCode::OK {
+            consumed(&rbody, &s.config.table)
+        } else {
+            0.0
+        };
+        {
+            let t = s.start.elapsed().as_secs_f64();
+            let mut st = s.stats.lock().unwrap();
+            if units > 0.0 {
+                st.timeline.push((t, kind, units));
+            }
+            st.requests.push((t, kind, false));
+            let o = st.ops.entry(op.clone()).or_default();
+            o.units += units;
+            if !matches!(fate, Fate::Pass) {
+                o.faults += 1;
+            }
+        }
+        if let Some(b) = s.buckets.lock().unwrap().get_mut(&kind) {
+            b.refill();
+            b.tokens -= units;
+        }
+        return match fate {
+            Fate::Reset { .. } => Err(Reset),
+            Fate::FiveHundredAfterForward => Ok(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "injected by the dynbulk test proxy after the request was applied",
+            )),
+            _ => Ok(Response::from_parts(rparts, Full::new(rbody))),
+        };
+    }
+    let (rparts, rbody) = forward(&s, &parts, body).await?;
+    Ok(Response::from_parts(rparts, Full::new(rbody)))
+}
+
+async fn forward(
+    s: &Shared,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<(hyper::http::response::Parts, Bytes), Reset> {
+    let uri = format!(
+        "{}{}",
+        s.upstream,
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let mut builder = Request::builder().method(parts.method.clone()).uri(uri);
+    for (name, value) in &parts.headers {
+        builder = builder.header(name, value);
+    }
+    let req = builder.body(Full::new(body)).map_err(|_| Reset)?;
+    let resp = s.client.request(req).await.map_err(|_| Reset)?;
+    let (rparts, rbody) = resp.into_parts();
+    let rbody = rbody.collect().await.map_err(|_| Reset)?.to_bytes();
+    Ok((rparts, rbody))
+}
+
+/// Units the response reports for `table` (ConsumedCapacity, object or list).
+fn consumed(body: &[u8], table: &str) -> f64 {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return 0.0;
+    };
+    let one = |c: &Value| -> f64 {
+        if c.get("TableName")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != table)
+        {
+            return 0.0;
+        }
+        c.get("CapacityUnits")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0)
+    };
+    match v.get("ConsumedCapacity") {
+        Some(Value::Array(list)) => list.iter().map(one).sum(),
+        Some(c @ Value::Object(_)) => one(c),
+        _ => 0.0,
+    }
+}

@@ -82,6 +82,7 @@ fn pipeline(c: &mut Criterion) {
                             stats: stats.clone(),
                             item_concurrency: 8,
                             max_errors: None,
+                            acks: None,
                         });
                         let (tx, rx) = mpsc::channel(workers * 2);
                         let rx = Arc::new(Mutex::new(rx));

@@ -119,6 +119,13 @@ pub struct RunArgs {
     /// Run migrations the ledger already records as applied on this table.
     #[arg(long)]
     pub rerun: bool,
+    /// Discard an unfinished run's checkpoints and start over from the beginning
+    /// (asks for confirmation unless --yes).
+    #[arg(long)]
+    pub restart: bool,
+    /// Do not ask for confirmation (for --restart in scripts).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 
     /// Parallel scan segments (DynamoDB TotalSegments), 1 to 1000000.
     #[arg(long, default_value_t = 4, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Throughput")]
@@ -193,6 +200,7 @@ impl RunArgs {
             state_table: self.state.state_table.clone(),
             backoff: Default::default(),
             limits: self.limits(),
+            restart: self.restart,
         }
     }
 }

@@ -34,8 +34,11 @@ pub enum Status {
     InProgress,
     /// The last run completed; every item was processed.
     Applied,
-    /// The last run stopped early or with failed items.
+    /// The last run processed every item but some failed (see its dead-letter file).
     Failed,
+    /// The last run stopped before the end; its checkpoints are saved and
+    /// `dynbulk run` resumes it.
+    Stopped,
 }
 
 impl Status {
@@ -46,6 +49,7 @@ impl Status {
             Status::InProgress => "in_progress",
             Status::Applied => "applied",
             Status::Failed => "failed",
+            Status::Stopped => "stopped",
         }
     }
 
@@ -55,6 +59,7 @@ impl Status {
             "in_progress" => Status::InProgress,
             "applied" => Status::Applied,
             "failed" => Status::Failed,
+            "stopped" => Status::Stopped,
             _ => return None,
         })
     }
@@ -282,7 +287,8 @@ impl Ledger {
     ) -> Result<()> {
         let status = match report.outcome {
             Outcome::Done | Outcome::Skipped => Status::Applied,
-            Outcome::DoneWithFailures | Outcome::Stopped => Status::Failed,
+            Outcome::DoneWithFailures => Status::Failed,
+            Outcome::Stopped => Status::Stopped,
         };
         let mut item = self.base(&report.table, &report.migration);
         item.insert("status".into(), s(status.as_str()));
@@ -290,7 +296,8 @@ impl Ledger {
         item.insert("finished_at".into(), s(&now()));
         item.insert("runner".into(), s(runner));
         item.insert("runs".into(), n(runs));
-        let c = report.counts;
+        // The run's totals over all its attempts when it was checkpointed.
+        let c = report.total.unwrap_or(report.counts);
         for (name, v) in [
             ("scanned", c.scanned),
             ("updated", c.updated),

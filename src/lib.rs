@@ -24,6 +24,8 @@
 //! - [`table`]: DescribeTable facts about the target table.
 //! - [`schema`]: idempotent schema steps (TTL, GSI).
 //! - [`ledger`]: the state table's record of what ran where.
+//! - [`checkpoint`]: per-segment checkpoints, the acknowledgement watermark, resume state.
+//! - [`lock`]: one runner per migration and table (lease + heartbeat).
 //! - [`status`]: the `dynbulk status` listing.
 //! - [`deadletter`]: the JSON-lines file of failed items.
 //! - [`report`]: counters and the run report.
@@ -31,6 +33,7 @@
 //! - [`sample`]: generated sample orders for the demo and the tests.
 
 pub mod backoff;
+pub mod checkpoint;
 pub mod cli;
 pub mod client;
 pub mod deadletter;
@@ -38,6 +41,7 @@ pub mod diff;
 pub mod error;
 pub mod ledger;
 pub mod limiter;
+pub mod lock;
 pub mod migration;
 #[path = "../migrations/mod.rs"]
 pub mod migrations;

@@ -139,8 +139,14 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
-            eprintln!("interrupt received: finishing in-flight writes, then stopping");
+            eprintln!(
+                "interrupt received: no new scans; finishing in-flight writes and saving checkpoints \
+                 (interrupt again to stop at once: checkpoints stay consistent)"
+            );
             shutdown.cancel();
+            wait_for_signal().await;
+            eprintln!("second interrupt: stopping now; run the same command again to resume");
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
         });
     }
     if plan.dry_run {
@@ -154,6 +160,11 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
             .await
             .with_context(context)?;
         print!("{prepared}");
+        if plan.restart && !plan.dry_run {
+            if let Some(existing) = &prepared.existing {
+                confirm_restart(&args, &id, &table, existing)?;
+            }
+        }
         match run::execute(&client, &prepared, &plan, shutdown.clone()).await {
             Ok(report) => {
                 print!("{report}");
@@ -161,7 +172,10 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
                     Outcome::Done | Outcome::Skipped => {}
                     Outcome::DoneWithFailures => code = code.max(EXIT_ITEM_FAILURES),
                     Outcome::Stopped => {
-                        println!("interrupted; run the same command again to resume");
+                        println!(
+                            "interrupted with checkpoints saved; run the same command again to resume \
+                             (`dynbulk status --table {table}` shows progress)"
+                        );
                         return Ok(EXIT_INTERRUPTED);
                     }
                 }
@@ -177,12 +191,43 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
     Ok(code)
 }
 
+/// `--restart` throws away progress: ask, unless `--yes`.
+fn confirm_restart(
+    args: &RunArgs,
+    id: &str,
+    table: &str,
+    existing: &dynbulk::checkpoint::RunState,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if args.yes {
+        return Ok(());
+    }
+    let question = format!(
+        "discard the checkpoints of the unfinished run of {id} on {table} ({}/{} segments done, {} items processed) and start over?",
+        existing.segments_done(),
+        existing.total_segments,
+        existing.counts.scanned
+    );
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question} Pass --yes to confirm (standard input is not a terminal, so dynbulk cannot ask)");
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        anyhow::bail!("not restarted; nothing was changed")
+    }
+}
+
 async fn status_command(args: StatusArgs) -> anyhow::Result<u8> {
     let client = client::build(&args.connection.connection())
         .await
         .map_err(|e| anyhow!(e))?;
-    let ledger = ledger::Ledger::new(client, args.state.state_table.clone());
-    let rows = status::collect(&ledger, &migrations::all(), args.table.as_deref()).await?;
+    let ledger = ledger::Ledger::new(client.clone(), args.state.state_table.clone());
+    let rows = status::collect(&client, &ledger, &migrations::all(), args.table.as_deref()).await?;
     print!("{}", status::render(&rows));
     Ok(0)
 }

@@ -150,8 +150,12 @@ pub struct Report {
     pub dry_run: bool,
     /// How it ended.
     pub outcome: Outcome,
-    /// Item counts.
+    /// Item counts of this attempt.
     pub counts: Counts,
+    /// Counts of the whole run over all its attempts (acknowledged pages), when checkpointed.
+    pub total: Option<Counts>,
+    /// State-table writes made for checkpoints (not charged to the data table's budget).
+    pub state_writes: u64,
     /// What the schema step did, if the migration has one.
     pub schema: Option<String>,
     /// A few example changes.
@@ -265,6 +269,20 @@ impl std::fmt::Display for Report {
             0.0
         };
         writeln!(f, "  duration:       {secs:.1}s ({rate:.0} items/s)")?;
+        if let Some(t) = &self.total {
+            writeln!(
+                f,
+                "  run total:      {} scanned, {} updated, {} deleted, {} unchanged, {} failed (all attempts)",
+                t.scanned, t.updated, t.deleted, t.unchanged, t.failed
+            )?;
+        }
+        if self.state_writes > 0 {
+            writeln!(
+                f,
+                "  checkpoints:    {} state-table writes",
+                self.state_writes
+            )?;
+        }
         if let Some(p) = &self.dead_letter {
             writeln!(f, "  dead letters:   {}", p.display())?;
         }

@@ -13,10 +13,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::checkpoint::{self, Ack, RunState, SegmentState, Store};
 use crate::deadletter::DeadLetter;
 use crate::error::Error;
 use crate::ledger::{self, Ledger, Status};
 use crate::limiter::{self, Budget, Budgets};
+use crate::lock;
+use crate::migration::Attrs;
 use crate::migration::Migration;
 use crate::report::{Capacity, Outcome, Report, Stats};
 use crate::scan::{ScanSpec, Scanner};
@@ -53,6 +56,8 @@ pub struct Plan {
     pub backoff: Backoff,
     /// Read and write capacity limits.
     pub limits: Limits,
+    /// Discard an unfinished run's checkpoints and start over.
+    pub restart: bool,
 }
 
 /// One capacity limit as the operator gave it.
@@ -96,6 +101,7 @@ impl Default for Plan {
                 read: Limit::Auto,
                 write: Limit::Auto,
             },
+            restart: false,
         }
     }
 }
@@ -122,6 +128,8 @@ pub struct Prepared {
     pub segments: u32,
     /// Estimated read units for the whole scan.
     pub read_estimate: f64,
+    /// The unfinished run this one resumes, if any (read-only look, already validated).
+    pub existing: Option<RunState>,
 }
 
 impl std::fmt::Display for Prepared {
@@ -147,7 +155,28 @@ impl std::fmt::Display for Prepared {
                 "provisioned"
             }
         )?;
-        writeln!(f, "  segments:       {}", self.segments)?;
+        match &self.existing {
+            Some(run) => {
+                writeln!(
+                    f,
+                    "  resuming:       run {} from its checkpoints: {}/{} segments done, {} items so far over {} attempt(s), started {}",
+                    run.run_id,
+                    run.segments_done(),
+                    run.total_segments,
+                    run.counts.scanned,
+                    run.attempts,
+                    run.started_at
+                )?;
+                if run.total_segments != self.segments {
+                    writeln!(
+                        f,
+                        "                  TotalSegments stays {} for this run (a run's segments are fixed); --segments {} is ignored",
+                        run.total_segments, self.segments
+                    )?;
+                }
+            }
+            None => writeln!(f, "  segments:       {}", self.segments)?,
+        }
         match self.page_size {
             Some(p) => writeln!(
                 f,
@@ -245,6 +274,19 @@ pub async fn prepare(
         .page_size
         .or_else(|| limiter::page_limit(read_limit, avg_item_bytes, options.consistent_read));
     let read_estimate = info.size_bytes as f64 / limiter::bytes_per_rcu(options.consistent_read);
+    let ledger = Ledger::new(client.clone(), plan.state_table.clone());
+    let existing = if ledger.exists().await? {
+        Store::new(
+            client.clone(),
+            &plan.state_table,
+            table_name,
+            migration.id(),
+        )
+        .load()
+        .await?
+    } else {
+        None
+    };
     Ok(Prepared {
         migration,
         table: info,
@@ -255,6 +297,15 @@ pub async fn prepare(
         avg_item_bytes,
         segments: plan.segments,
         read_estimate,
+        existing,
+    })
+    .and_then(|p| {
+        if let Some(run) = &p.existing {
+            if !plan.restart {
+                check_resumable(run, &p, &plan.state_table)?;
+            }
+        }
+        Ok(p)
     })
 }
 
@@ -294,7 +345,8 @@ pub async fn run(
     execute(client, &prepared, plan, shutdown).await
 }
 
-/// Runs a prepared migration: ledger, schema step, data step, ledger again.
+/// Runs a prepared migration: lock, ledger, checkpoints, schema step, data
+/// step, ledger again. Resumes an unfinished run from its checkpoints.
 ///
 /// # Errors
 /// As [`run`].
@@ -307,12 +359,47 @@ pub async fn execute(
     let migration = prepared.migration.clone();
     let table_name = prepared.table.name.as_str();
     let ledger = Ledger::new(client.clone(), plan.state_table.clone());
-    if !plan.dry_run {
-        ledger.ensure().await?;
-    } else {
-        // Read-only check, so a dry run still reports a broken state table.
-        ledger.exists().await?;
+    if plan.dry_run {
+        return execute_unlocked(client, prepared, plan, shutdown, &ledger, None).await;
     }
+    ledger.ensure().await?;
+    let lock = lock::acquire(client, &plan.state_table, table_name, migration.id()).await?;
+    // Losing the lock (another runner took it over) stops this run.
+    let run_token = shutdown.child_token();
+    let watch = {
+        let lost = lock.lost.clone();
+        let run_token = run_token.clone();
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            run_token.cancel();
+        })
+    };
+    let result = execute_unlocked(client, prepared, plan, run_token, &ledger, Some(&lock)).await;
+    watch.abort();
+    let lost = lock.lost.is_cancelled();
+    lock.release().await;
+    match result {
+        Ok(report) if lost => Err(Failure {
+            error: Error::Usage(format!(
+                "another runner took over the lock of migration {} on table {table_name}; this run stopped with its checkpoints saved",
+                migration.id()
+            )),
+            report: Some(Box::new(report)),
+        }),
+        other => other,
+    }
+}
+
+async fn execute_unlocked(
+    client: &Client,
+    prepared: &Prepared,
+    plan: &Plan,
+    shutdown: CancellationToken,
+    ledger: &Ledger,
+    lock: Option<&lock::Lock>,
+) -> Result<Report, Failure> {
+    let migration = prepared.migration.clone();
+    let table_name = prepared.table.name.as_str();
     let entry = ledger.get(table_name, migration.id()).await?;
     let base_report = |outcome| Report {
         migration: migration.id().to_owned(),
@@ -320,11 +407,13 @@ pub async fn execute(
         dry_run: plan.dry_run,
         outcome,
         counts: Default::default(),
+        total: None,
         schema: None,
         samples: vec![],
         dead_letter: None,
         elapsed: Default::default(),
         capacity: Default::default(),
+        state_writes: 0,
     };
     if let Some(e) = &entry {
         if e.status == Status::Applied && !plan.rerun {
@@ -332,8 +421,45 @@ pub async fn execute(
         }
     }
     let runner = ledger::runner_identity();
-    let started_at = ledger::now();
     let runs = entry.as_ref().map(|e| e.runs).unwrap_or(0) + 1;
+
+    // Checkpoints: resume the unfinished run, or start a new one. Read again
+    // under the lock: what `prepare` saw may have moved since.
+    let store = Store::new(
+        client.clone(),
+        &plan.state_table,
+        table_name,
+        migration.id(),
+    );
+    let mut state = if plan.dry_run || lock.is_none() {
+        None
+    } else {
+        let existing = store.load().await?;
+        match existing {
+            Some(_) if plan.restart => {
+                tracing::warn!(
+                    table = table_name,
+                    migration = migration.id(),
+                    "discarding the unfinished run's checkpoints (--restart)"
+                );
+                store.delete().await?;
+                Some(store.create(plan.segments, &prepared.table.keys).await?)
+            }
+            Some(st) => {
+                check_resumable(&st, prepared, &plan.state_table)?;
+                Some(st)
+            }
+            None => Some(store.create(plan.segments, &prepared.table.keys).await?),
+        }
+    };
+    if let Some(st) = state.as_mut() {
+        st.attempts += 1;
+        store.put_header(st).await?;
+    }
+    let started_at = state
+        .as_ref()
+        .map(|s| s.started_at.clone())
+        .unwrap_or_else(ledger::now);
     if !plan.dry_run {
         ledger
             .begin(table_name, migration.id(), &runner, runs)
@@ -368,16 +494,51 @@ pub async fn execute(
         read: Budget::new(prepared.read_limit),
         write: Budget::new(prepared.write_limit),
     });
+    let starts: Vec<SegmentState> = match &state {
+        Some(st) => st.segments.clone(),
+        None => vec![SegmentState::Start; plan.segments as usize],
+    };
+    let (acks, checkpointer) = match state.clone() {
+        Some(st) => {
+            let (tx, rx) = mpsc::channel(1024);
+            let task = tokio::spawn(checkpoint::checkpointer(store.clone(), st, rx));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
     let result = pipeline(
         client,
         prepared,
         plan,
-        shutdown.clone(),
-        stats.clone(),
-        dead_letter.clone(),
-        budgets.clone(),
+        Pipes {
+            shutdown: shutdown.clone(),
+            stats: stats.clone(),
+            dead_letter: dead_letter.clone(),
+            budgets: budgets.clone(),
+            acks,
+            starts,
+        },
     )
     .await;
+    // Every worker is done: the ack channel is closed, the checkpointer drains and ends.
+    let mut result = result;
+    if let Some(task) = checkpointer {
+        match task.await {
+            Ok(Ok((final_state, writes))) => {
+                report.state_writes = writes;
+                report.total = Some(final_state.counts);
+                state = Some(final_state);
+            }
+            Ok(Err(e)) => {
+                result = result.and(Err(e));
+            }
+            Err(join) => {
+                result = result.and(Err(Error::Usage(format!(
+                    "the checkpointer panicked: {join}"
+                ))));
+            }
+        }
+    }
     report.capacity = Capacity {
         read_limit: prepared.read_limit,
         write_limit: prepared.write_limit,
@@ -388,20 +549,27 @@ pub async fn execute(
         write_estimate: stats.write_estimate(),
         page_size: prepared.page_size,
     };
-
     report.counts = stats.counts();
     report.samples = stats.samples();
     report.elapsed = started.elapsed();
     if report.counts.failed > 0 {
         report.dead_letter = Some(dead_letter.path().to_owned());
     }
+    let all_done = state
+        .as_ref()
+        .map(|st| st.segments.iter().all(|s| *s == SegmentState::Done))
+        .unwrap_or(true);
     let error = match result {
-        Ok(()) if shutdown.is_cancelled() => {
+        Ok(()) if shutdown.is_cancelled() || !all_done => {
             report.outcome = Outcome::Stopped;
             None
         }
         Ok(()) => {
-            report.outcome = if report.counts.failed > 0 {
+            let failed = report
+                .total
+                .map(|t| t.failed)
+                .unwrap_or(report.counts.failed);
+            report.outcome = if failed > 0 {
                 Outcome::DoneWithFailures
             } else {
                 Outcome::Done
@@ -414,7 +582,14 @@ pub async fn execute(
         }
     };
     if !plan.dry_run {
-        if let Err(e) = ledger.finish(&report, &runner, &started_at, runs).await {
+        let finished = async {
+            if matches!(report.outcome, Outcome::Done | Outcome::DoneWithFailures) {
+                // The run is complete: its checkpoints have no further use.
+                store.delete().await?;
+            }
+            ledger.finish(&report, &runner, &started_at, runs).await
+        };
+        if let Err(e) = finished.await {
             return Err(Failure {
                 error: e,
                 report: Some(Box::new(report)),
@@ -430,21 +605,55 @@ pub async fn execute(
     }
 }
 
-async fn pipeline(
-    client: &Client,
-    prepared: &Prepared,
-    plan: &Plan,
+/// Refuses to resume a run whose stored state no longer fits the table.
+fn check_resumable(state: &RunState, prepared: &Prepared, state_table: &str) -> Result<(), Error> {
+    if state.keys != prepared.table.keys {
+        return Err(Error::State {
+            table: state_table.to_owned(),
+            message: format!(
+                "the unfinished run of {} on {} started when the table's key was {:?}; it is now {:?}. \
+                 Its checkpoints cannot be used on the new key schema and nothing was written. \
+                 Run with --restart to start over",
+                prepared.migration.id(),
+                prepared.table.name,
+                state.keys,
+                prepared.table.keys
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The channels and shared state the pipeline's tasks use.
+struct Pipes {
     shutdown: CancellationToken,
     stats: Arc<Stats>,
     dead_letter: Arc<DeadLetter>,
     budgets: Arc<Budgets>,
+    acks: Option<mpsc::Sender<Ack>>,
+    starts: Vec<SegmentState>,
+}
+
+async fn pipeline(
+    client: &Client,
+    prepared: &Prepared,
+    plan: &Plan,
+    pipes: Pipes,
 ) -> Result<(), Error> {
+    let Pipes {
+        shutdown,
+        stats,
+        dead_letter,
+        budgets,
+        acks,
+        starts,
+    } = pipes;
     let migration = prepared.migration.clone();
     let info = &prepared.table;
     let options = migration.scan_options();
     let spec = Arc::new(ScanSpec {
         table: info.name.clone(),
-        total_segments: plan.segments,
+        total_segments: starts.len() as u32,
         page_size: prepared.page_size,
         options: options.clone(),
         keys: info.keys.clone(),
@@ -470,6 +679,7 @@ async fn pipeline(
         stats: stats.clone(),
         item_concurrency: plan.item_concurrency,
         max_errors: plan.max_errors,
+        acks,
     });
 
     // Pages in the channel are at most 1 MB each: the bound caps memory.
@@ -488,12 +698,21 @@ async fn pipeline(
             avg_item_bytes: prepared.avg_item_bytes,
         };
         let stop = stop_scans.clone();
-        let concurrency = (plan.segments as usize).min(MAX_CONCURRENT_SCANS);
-        let total = plan.segments;
+        let concurrency = starts.len().clamp(1, MAX_CONCURRENT_SCANS);
+        // Done segments are skipped; the others start at their checkpoint.
+        let todo: Vec<(u32, Option<Attrs>)> = starts
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                SegmentState::Done => None,
+                SegmentState::Start => Some((i as u32, None)),
+                SegmentState::At(k) => Some((i as u32, Some(k))),
+            })
+            .collect();
         tokio::spawn(async move {
             let scanner = &scanner;
-            let mut scans = stream::iter(0..total)
-                .map(|segment| scanner.segment(segment, None, tx.clone(), stop.clone()))
+            let mut scans = stream::iter(todo)
+                .map(|(segment, start)| scanner.segment(segment, start, tx.clone(), stop.clone()))
                 .buffer_unordered(concurrency);
             while let Some(r) = scans.next().await {
                 if let Err(e) = r {

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::checkpoint::Ack;
 use crate::deadletter::DeadLetter;
 use crate::diff::key_of;
 use crate::error::{Error, Result};
+use crate::report::Counts;
 use crate::report::Stats;
 use crate::scan::Page;
 use crate::write::{ItemOutcome, Writer};
@@ -36,6 +38,8 @@ pub struct Pool {
     pub item_concurrency: usize,
     /// Stop when more than this many items failed.
     pub max_errors: Option<u64>,
+    /// Where finished pages are acknowledged (the checkpointer); `None` in dry runs.
+    pub acks: Option<mpsc::Sender<Ack>>,
 }
 
 /// Runs one worker until the channel is closed and drained.
@@ -55,19 +59,41 @@ pub async fn work(
 
 async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> {
     let writer = &pool.writer;
-    let mut results = stream::iter(page.items)
+    let Page {
+        segment,
+        seq,
+        items,
+        last_key,
+    } = page;
+    let n_items = items.len() as u64;
+    let mut results = stream::iter(items)
         .map(|item| async move {
             let key = key_of(&writer.keys, &item);
             (key, writer.apply(item).await)
         })
         .buffer_unordered(pool.item_concurrency.max(1));
     let mut fatal = None;
+    let mut counts = Counts {
+        scanned: n_items,
+        ..Counts::default()
+    };
+    let conflicts_before = pool.stats.conflicts.load(Relaxed);
     while let Some((key, result)) = results.next().await {
         match result {
-            Ok(ItemOutcome::Unchanged) => Stats::inc(&pool.stats.unchanged),
-            Ok(ItemOutcome::Updated) => Stats::inc(&pool.stats.updated),
-            Ok(ItemOutcome::Deleted) => Stats::inc(&pool.stats.deleted),
+            Ok(ItemOutcome::Unchanged) => {
+                counts.unchanged += 1;
+                Stats::inc(&pool.stats.unchanged)
+            }
+            Ok(ItemOutcome::Updated) => {
+                counts.updated += 1;
+                Stats::inc(&pool.stats.updated)
+            }
+            Ok(ItemOutcome::Deleted) => {
+                counts.deleted += 1;
+                Stats::inc(&pool.stats.deleted)
+            }
             Ok(ItemOutcome::Failed(reason)) => {
+                counts.failed += 1;
                 Stats::inc(&pool.stats.failed);
                 tracing::warn!(table = %writer.table, migration = writer.migration.id(), key = %crate::deadletter::to_json(&key), error = %reason, "item failed; recorded in the dead-letter file");
                 if let Err(e) = record(pool, &key, &reason).await {
@@ -82,6 +108,27 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
     }
     if let Some(e) = fatal {
         return Err(Stop::Fatal(e));
+    }
+    drop(results);
+    // Conflicts are counted globally; the page's share is approximate when
+    // workers overlap, which only affects the reported conflict total.
+    counts.conflicts = pool
+        .stats
+        .conflicts
+        .load(Relaxed)
+        .saturating_sub(conflicts_before);
+    if let Some(acks) = &pool.acks {
+        let ack = Ack {
+            segment,
+            seq,
+            last_key,
+            counts,
+        };
+        if acks.send(ack).await.is_err() {
+            return Err(Stop::Fatal(Error::Usage(
+                "the checkpointer stopped; checkpoints can no longer be saved".into(),
+            )));
+        }
     }
     if let Some(max) = pool.max_errors {
         let failed = pool.stats.failed.load(Relaxed);

@@ -1,0 +1,526 @@
+//! Per-segment checkpoints and the acknowledgement watermark.
+//!
+//! A segment's checkpoint is the LastEvaluatedKey below which every item is
+//! done. Workers acknowledge pages as they finish them (written or
+//! dead-lettered), possibly out of order; the checkpointer moves a segment's
+//! checkpoint to page k's LastEvaluatedKey only once pages 0..=k are all
+//! acknowledged. After a crash at any instant, resuming from the checkpoints
+//! skips nothing and redoes at most the pages that were in flight.
+//!
+//! State-table layout (partition `run#<table>#<migration>`):
+//! - sort key `run`: the run header (id, TotalSegments, key schema, counts
+//!   over all attempts, attempts, times);
+//! - sort key `segment#<n>`: `done`, or `last_key` (a map: the checkpoint).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use tokio::sync::mpsc;
+
+use crate::backoff::{retry, Attempts, Backoff};
+use crate::error::{AwsError, Error, Result};
+use crate::ledger::{now, SCHEMA_VERSION};
+use crate::migration::Attrs;
+use crate::report::Counts;
+
+/// Where one segment stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SegmentState {
+    /// Nothing acknowledged yet: start from the segment's beginning.
+    Start,
+    /// Everything below this key is done: resume after it.
+    At(Attrs),
+    /// The whole segment is done.
+    Done,
+}
+
+/// An unfinished run, as stored.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    /// Run id (random, for logs).
+    pub run_id: String,
+    /// TotalSegments, fixed for the run's life.
+    pub total_segments: u32,
+    /// The table's key attribute names when the run started.
+    pub keys: Vec<String>,
+    /// Counts of acknowledged pages over all attempts.
+    pub counts: Counts,
+    /// Attempts so far (this one included once it starts).
+    pub attempts: u64,
+    /// When the run first started.
+    pub started_at: String,
+    /// When a checkpoint was last saved.
+    pub checkpoint_at: Option<String>,
+    /// Each segment's state.
+    pub segments: Vec<SegmentState>,
+}
+
+impl RunState {
+    /// Segments finished.
+    pub fn segments_done(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| **s == SegmentState::Done)
+            .count()
+    }
+}
+
+/// A page a worker finished: every item written or dead-lettered.
+#[derive(Debug)]
+pub struct Ack {
+    /// Segment.
+    pub segment: u32,
+    /// Page number within the segment, in this attempt.
+    pub seq: u64,
+    /// The page's LastEvaluatedKey; `None` for the segment's last page.
+    pub last_key: Option<Attrs>,
+    /// What happened to the page's items.
+    pub counts: Counts,
+}
+
+/// Reads and writes run state in the state table.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    state_table: String,
+    table: String,
+    migration: String,
+}
+
+impl Store {
+    /// Run state of `migration` on `table`, in `state_table`.
+    pub fn new(client: Client, state_table: &str, table: &str, migration: &str) -> Self {
+        Store {
+            client,
+            state_table: state_table.to_owned(),
+            table: table.to_owned(),
+            migration: migration.to_owned(),
+        }
+    }
+
+    fn pk(&self) -> String {
+        format!("run#{}#{}", self.table, self.migration)
+    }
+
+    fn bad(&self, what: String) -> Error {
+        Error::State {
+            table: self.state_table.clone(),
+            message: format!(
+                "the checkpoint of migration {} on table {} {what}. Nothing was written to {}. \
+                 If the state was edited by hand or written by another dynbulk version, fix or upgrade; \
+                 to start the migration over from the beginning, run with --restart",
+                self.migration, self.table, self.table
+            ),
+        }
+    }
+
+    /// Loads the unfinished run, if any.
+    ///
+    /// # Errors
+    /// When the state cannot be read or does not decode; never guesses.
+    pub async fn load(&self) -> Result<Option<RunState>> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let page = retry(&Backoff::default(), &mut Attempts::default(), || {
+                let req = self
+                    .client
+                    .query()
+                    .table_name(&self.state_table)
+                    .key_condition_expression("pk = :p")
+                    .expression_attribute_values(":p", AttributeValue::S(self.pk()))
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start.clone());
+                async move { req.send().await.map_err(AwsError::from_sdk) }
+            })
+            .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(e) if e.code.as_deref() == Some("ResourceNotFoundException") => {
+                    return Ok(None)
+                }
+                Err(e) => {
+                    return Err(Error::aws(
+                        format!("reading checkpoints in state table {}", self.state_table),
+                        e,
+                    ))
+                }
+            };
+            items.extend(page.items.unwrap_or_default());
+            start = page.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                break;
+            }
+        }
+        let Some(header) = items.iter().find(|i| sk(i) == Some("run")) else {
+            if items.is_empty() {
+                return Ok(None);
+            }
+            return Err(self.bad("has segment checkpoints but no run header".into()));
+        };
+        match header
+            .get("schema_version")
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str)
+        {
+            Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(self.bad(format!(
+                    "has layout version {v:?}; this dynbulk reads {SCHEMA_VERSION:?}"
+                )))
+            }
+            None => return Err(self.bad("has no layout version".into())),
+        }
+        let s = |k: &str| header.get(k).and_then(|v| v.as_s().ok()).cloned();
+        let n = |k: &str| -> Result<u64> {
+            match header.get(k) {
+                None => Ok(0),
+                Some(v) => v
+                    .as_n()
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| self.bad(format!("has a malformed {k}"))),
+            }
+        };
+        let total_segments = n("total_segments")?;
+        if !(1..=1_000_000).contains(&total_segments) {
+            return Err(self.bad(format!("has an invalid TotalSegments {total_segments}")));
+        }
+        let keys = match header.get("keys") {
+            Some(AttributeValue::L(l)) => l
+                .iter()
+                .map(|v| v.as_s().ok().cloned())
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.bad("has malformed key names".into()))?,
+            _ => return Err(self.bad("has no key schema".into())),
+        };
+        let mut segments = vec![SegmentState::Start; total_segments as usize];
+        for item in &items {
+            let Some(sk) = sk(item) else { continue };
+            let Some(num) = sk.strip_prefix("segment#") else {
+                continue;
+            };
+            let i: usize = num
+                .parse()
+                .ok()
+                .filter(|i| *i < total_segments as usize)
+                .ok_or_else(|| {
+                    self.bad(format!("has a checkpoint for an unknown segment {num:?}"))
+                })?;
+            segments[i] = match (item.get("done"), item.get("last_key")) {
+                (Some(AttributeValue::Bool(true)), _) => SegmentState::Done,
+                (_, Some(AttributeValue::M(key))) => {
+                    if keys.iter().any(|k| !key.contains_key(k)) || key.len() != keys.len() {
+                        return Err(self.bad(format!("for segment {i} does not decode: its key does not match the key schema {keys:?}")));
+                    }
+                    SegmentState::At(key.clone())
+                }
+                _ => return Err(self.bad(format!("for segment {i} does not decode"))),
+            };
+        }
+        Ok(Some(RunState {
+            run_id: s("run_id").unwrap_or_default(),
+            total_segments: total_segments as u32,
+            keys,
+            counts: Counts {
+                scanned: n("scanned")?,
+                updated: n("updated")?,
+                deleted: n("deleted")?,
+                unchanged: n("unchanged")?,
+                failed: n("failed")?,
+                conflicts: n("conflicts")?,
+                throttled: 0,
+                transient: 0,
+            },
+            attempts: n("attempts")?,
+            started_at: s("started_at").unwrap_or_default(),
+            checkpoint_at: s("checkpoint_at"),
+            segments,
+        }))
+    }
+
+    /// Creates the header of a new run.
+    ///
+    /// # Errors
+    /// When the state table cannot be written.
+    pub async fn create(&self, total_segments: u32, keys: &[String]) -> Result<RunState> {
+        let run_id = format!("{:016x}", rand::random::<u64>());
+        let state = RunState {
+            run_id,
+            total_segments,
+            keys: keys.to_vec(),
+            counts: Counts::default(),
+            attempts: 0,
+            started_at: now(),
+            checkpoint_at: None,
+            segments: vec![SegmentState::Start; total_segments as usize],
+        };
+        self.put_header(&state).await?;
+        Ok(state)
+    }
+
+    /// Writes the header (counts, attempts, times).
+    ///
+    /// # Errors
+    /// When the state table cannot be written.
+    pub async fn put_header(&self, state: &RunState) -> Result<()> {
+        let mut item: Attrs = HashMap::from([
+            ("pk".into(), AttributeValue::S(self.pk())),
+            ("sk".into(), AttributeValue::S("run".into())),
+            (
+                "schema_version".into(),
+                AttributeValue::S(SCHEMA_VERSION.into()),
+            ),
+            ("run_id".into(), AttributeValue::S(state.run_id.clone())),
+            (
+                "total_segments".into(),
+                AttributeValue::N(state.total_segments.to_string()),
+            ),
+            (
+                "keys".into(),
+                AttributeValue::L(
+                    state
+                        .keys
+                        .iter()
+                        .map(|k| AttributeValue::S(k.clone()))
+                        .collect(),
+                ),
+            ),
+            (
+                "attempts".into(),
+                AttributeValue::N(state.attempts.to_string()),
+            ),
+            (
+                "started_at".into(),
+                AttributeValue::S(state.started_at.clone()),
+            ),
+        ]);
+        if let Some(t) = &state.checkpoint_at {
+            item.insert("checkpoint_at".into(), AttributeValue::S(t.clone()));
+        }
+        put_counts(&mut item, &state.counts);
+        self.put(item).await
+    }
+
+    async fn put(&self, item: Attrs) -> Result<()> {
+        retry(&Backoff::default(), &mut Attempts::default(), || {
+            let req = self
+                .client
+                .put_item()
+                .table_name(&self.state_table)
+                .set_item(Some(item.clone()));
+            async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+        })
+        .await
+        .map_err(|e| {
+            Error::aws(
+                format!("saving checkpoints in state table {}", self.state_table),
+                e,
+            )
+        })
+    }
+
+    async fn put_segment(&self, segment: u32, state: &SegmentState) -> Result<()> {
+        let mut item: Attrs = HashMap::from([
+            ("pk".into(), AttributeValue::S(self.pk())),
+            ("sk".into(), AttributeValue::S(format!("segment#{segment}"))),
+        ]);
+        match state {
+            SegmentState::Start => return Ok(()),
+            SegmentState::Done => {
+                item.insert("done".into(), AttributeValue::Bool(true));
+            }
+            SegmentState::At(key) => {
+                item.insert("last_key".into(), AttributeValue::M(key.clone()));
+            }
+        }
+        self.put(item).await
+    }
+
+    /// Deletes the run's header and checkpoints (after success, or on --restart).
+    ///
+    /// # Errors
+    /// When the state table cannot be read or written.
+    pub async fn delete(&self) -> Result<()> {
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.state_table)
+                .key_condition_expression("pk = :p")
+                .expression_attribute_values(":p", AttributeValue::S(self.pk()))
+                .projection_expression("pk, sk")
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| Error::aws("reading checkpoints to delete", AwsError::from_sdk(e)))?;
+            for item in page.items() {
+                let key: Attrs = item.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                retry(&Backoff::default(), &mut Attempts::default(), || {
+                    let req = self
+                        .client
+                        .delete_item()
+                        .table_name(&self.state_table)
+                        .set_key(Some(key.clone()));
+                    async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+                })
+                .await
+                .map_err(|e| Error::aws("deleting checkpoints", e))?;
+            }
+            start = page.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn sk(item: &Attrs) -> Option<&str> {
+    item.get("sk")
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn put_counts(item: &mut Attrs, c: &Counts) {
+    for (name, v) in [
+        ("scanned", c.scanned),
+        ("updated", c.updated),
+        ("deleted", c.deleted),
+        ("unchanged", c.unchanged),
+        ("failed", c.failed),
+        ("conflicts", c.conflicts),
+    ] {
+        item.insert(name.into(), AttributeValue::N(v.to_string()));
+    }
+}
+
+/// Adds `b` to `a`.
+pub fn add(a: &mut Counts, b: &Counts) {
+    a.scanned += b.scanned;
+    a.updated += b.updated;
+    a.deleted += b.deleted;
+    a.unchanged += b.unchanged;
+    a.failed += b.failed;
+    a.conflicts += b.conflicts;
+    a.throttled += b.throttled;
+    a.transient += b.transient;
+}
+
+/// Pure watermark logic: which segment states follow from the acks so far.
+#[derive(Debug)]
+pub struct Watermark {
+    next: Vec<u64>,
+    pending: Vec<BTreeMap<u64, Ack>>,
+}
+
+impl Watermark {
+    /// For `segments` segments, each starting at page 0.
+    pub fn new(segments: usize) -> Self {
+        Watermark {
+            next: vec![0; segments],
+            pending: (0..segments).map(|_| BTreeMap::new()).collect(),
+        }
+    }
+
+    /// Takes one ack; returns the acks (in page order) whose pages are now
+    /// contiguous from the segment's checkpoint, i.e. the ones to apply.
+    pub fn ack(&mut self, ack: Ack) -> Vec<Ack> {
+        let s = ack.segment as usize;
+        self.pending[s].insert(ack.seq, ack);
+        let mut ready = Vec::new();
+        while let Some(a) = self.pending[s].remove(&self.next[s]) {
+            self.next[s] += 1;
+            ready.push(a);
+        }
+        ready
+    }
+}
+
+/// Saves checkpoints as pages complete. Coalesces: after taking every ack
+/// already queued, it writes each segment whose watermark moved once, then
+/// the header; so the state-table cost is at most one write per segment per
+/// round, never more than one per page.
+///
+/// Returns the counts of the acknowledged pages (added to `state.counts`) and
+/// the number of state-table writes made.
+///
+/// # Errors
+/// When checkpoints cannot be saved: the run must stop rather than go on
+/// without a way to resume.
+pub async fn checkpointer(
+    store: Store,
+    mut state: RunState,
+    mut rx: mpsc::Receiver<Ack>,
+) -> Result<(RunState, u64)> {
+    let mut mark = Watermark::new(state.total_segments as usize);
+    // Segments that start in the middle have their resume key already saved.
+    let mut writes = 0;
+    while let Some(first) = rx.recv().await {
+        let mut dirty = BTreeSet::new();
+        let mut take = |ack: Ack, state: &mut RunState, dirty: &mut BTreeSet<u32>| {
+            for a in mark.ack(ack) {
+                add(&mut state.counts, &a.counts);
+                state.segments[a.segment as usize] = match a.last_key {
+                    Some(k) => SegmentState::At(k),
+                    None => SegmentState::Done,
+                };
+                dirty.insert(a.segment);
+            }
+        };
+        take(first, &mut state, &mut dirty);
+        while let Ok(more) = rx.try_recv() {
+            take(more, &mut state, &mut dirty);
+        }
+        if dirty.is_empty() {
+            continue;
+        }
+        for s in &dirty {
+            store.put_segment(*s, &state.segments[*s as usize]).await?;
+            writes += 1;
+        }
+        state.checkpoint_at = Some(now());
+        store.put_header(&state).await?;
+        writes += 1;
+        // Bound the cost when pages complete very fast: at most ~20 rounds a second.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((state, writes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(segment: u32, seq: u64, key: Option<&str>) -> Ack {
+        Ack {
+            segment,
+            seq,
+            last_key: key.map(|k| HashMap::from([("pk".to_string(), AttributeValue::S(k.into()))])),
+            counts: Counts {
+                scanned: 1,
+                ..Counts::default()
+            },
+        }
+    }
+
+    #[test]
+    fn watermark_waits_for_earlier_pages() {
+        let mut w = Watermark::new(2);
+        assert!(
+            w.ack(ack(0, 1, Some("b"))).is_empty(),
+            "page 1 done before page 0: no move"
+        );
+        assert!(w.ack(ack(0, 2, Some("c"))).is_empty());
+        let ready = w.ack(ack(0, 0, Some("a")));
+        assert_eq!(
+            ready.iter().map(|a| a.seq).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        // Segments are independent.
+        assert_eq!(w.ack(ack(1, 0, None)).len(), 1);
+        assert_eq!(w.ack(ack(0, 3, None)).len(), 1);
+    }
+}

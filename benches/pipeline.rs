@@ -87,7 +87,13 @@ fn pipeline(c: &mut Criterion) {
                         let (tx, rx) = mpsc::channel(workers * 2);
                         let rx = Arc::new(Mutex::new(rx));
                         let handles: Vec<_> = (0..workers)
-                            .map(|_| tokio::spawn(worker::work(pool.clone(), rx.clone())))
+                            .map(|_| {
+                                tokio::spawn(worker::work(
+                                    pool.clone(),
+                                    rx.clone(),
+                                    tokio_util::sync::CancellationToken::new(),
+                                ))
+                            })
                             .collect();
                         let mut it = items.into_iter();
                         let mut seq = 0;

@@ -682,8 +682,9 @@ async fn pipeline(
         acks,
     });
 
-    // Pages in the channel are at most 1 MB each: the bound caps memory.
-    let (tx, rx) = mpsc::channel(plan.workers.max(1) * 2);
+    // Pages in the channel are at most 1 MB each: the bound caps memory, and
+    // what a crash makes a resume redo (queued pages are not acknowledged).
+    let (tx, rx) = mpsc::channel(plan.workers.max(1));
     let rx = Arc::new(Mutex::new(rx));
     // Stops the scans: on shutdown, on a fatal error, on the error budget.
     let stop_scans = shutdown.child_token();
@@ -733,12 +734,10 @@ async fn pipeline(
         let rx = rx.clone();
         let stop = stop_scans.clone();
         workers.spawn(async move {
-            let r = worker::work(pool, rx.clone()).await;
+            let r = worker::work(pool, rx, stop.clone()).await;
             if r.is_err() {
+                // Scans stop, the other workers finish their page and stop.
                 stop.cancel();
-                // Keep draining so segment tasks blocked on a full channel see
-                // the cancellation and end; drained pages are not processed.
-                while rx.lock().await.recv().await.is_some() {}
             }
             r
         });

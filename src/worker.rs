@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Ack;
 use crate::deadletter::DeadLetter;
@@ -42,16 +43,24 @@ pub struct Pool {
     pub acks: Option<mpsc::Sender<Ack>>,
 }
 
-/// Runs one worker until the channel is closed and drained.
+/// Runs one worker until the channel is closed and drained, or until `stop`
+/// fires: then it finishes the page in hand and takes no other. Pages left in
+/// the channel are not acknowledged, so a resume scans them again; a graceful
+/// stop therefore waits for one page per worker, not for the whole channel.
 ///
 /// # Errors
 /// [`Stop`] when the error budget is exceeded or an item hits a fatal error.
 pub async fn work(
     pool: Arc<Pool>,
     rx: Arc<Mutex<mpsc::Receiver<Page>>>,
+    stop: CancellationToken,
 ) -> std::result::Result<(), Stop> {
     loop {
-        let page = { rx.lock().await.recv().await };
+        let page = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            page = async { rx.lock().await.recv().await } => page,
+        };
         let Some(page) = page else { return Ok(()) };
         process_page(&pool, page).await?;
     }

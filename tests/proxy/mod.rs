@@ -113,6 +113,8 @@ pub struct Stats {
     pub timeline: Vec<(f64, Kind, f64)>,
     /// (seconds since start, kind, throttled) of every request to the data table.
     pub requests: Vec<(f64, Kind, bool)>,
+    /// (epoch, `pk` or `pk|sk`) of every item a Scan of the data table returned.
+    pub scanned: Vec<(u32, String)>,
 }
 
 impl Stats {
@@ -229,6 +231,7 @@ struct Shared {
     stats: Mutex<Stats>,
     buckets: Mutex<HashMap<Kind, Bucket>>,
     rng: Mutex<rand::rngs::StdRng>,
+    epoch: std::sync::atomic::AtomicU32,
 }
 
 /// A running proxy; stops when dropped.
@@ -265,6 +268,7 @@ impl Proxy {
             start: Instant::now(),
             stats: Mutex::new(Stats::default()),
             buckets: Mutex::new(buckets),
+            epoch: std::sync::atomic::AtomicU32::new(0),
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -287,6 +291,13 @@ impl Proxy {
     /// A snapshot of what the proxy saw.
     pub fn stats(&self) -> Stats {
         self.shared.stats.lock().unwrap().clone()
+    }
+
+    /// Tags what the proxy sees from now on (e.g. one run attempt each).
+    pub fn set_epoch(&self, epoch: u32) {
+        self.shared
+            .epoch
+            .store(epoch, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Seconds since the proxy started (the timeline's clock).
@@ -461,6 +472,11 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<
                 st.timeline.push((t, kind, units));
             }
             st.requests.push((t, kind, false));
+            if op == "Scan" && rparts.status == StatusCode::OK {
+                let epoch = s.epoch.load(std::sync::atomic::Ordering::SeqCst);
+                st.scanned
+                    .extend(scanned_keys(&rbody).into_iter().map(|k| (epoch, k)));
+            }
             let o = st.ops.entry(op.clone()).or_default();
             o.units += units;
             if !matches!(fate, Fate::Pass) {
@@ -508,6 +524,32 @@ async fn forward(
     let (rparts, rbody) = resp.into_parts();
     let rbody = rbody.collect().await.map_err(|_| Reset)?.to_bytes();
     Ok((rparts, rbody))
+}
+
+/// `pk` or `pk|sk` of each item in a Scan response.
+fn scanned_keys(body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return vec![];
+    };
+    let s = |item: &Value, k: &str| {
+        item.get(k)
+            .and_then(|a| a.get("S"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    v.get("Items")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| match (s(i, "pk"), s(i, "sk")) {
+                    (Some(pk), Some(sk)) => Some(format!("{pk}|{sk}")),
+                    (Some(pk), None) => Some(pk),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Units the response reports for `table` (ConsumedCapacity, object or list).

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a real DynamoDB API.
 #
+# Installs what the tests need: dynalite (pinned, npm) and Prometheus (Debian).
 # Without DYNAMODB_ENDPOINT: installs the pinned dynalite (tests/dynalite,
 # lockfile committed), starts it on a free loopback port, runs the suite, stops it.
 # With DYNAMODB_ENDPOINT (e.g. http://localhost:8000 from docker-compose.yml):
@@ -9,6 +10,18 @@
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh --test migrate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The observability test runs a real Prometheus (Debian's package).
+if ! command -v "${PROMETHEUS_BIN:-prometheus}" >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing Debian's prometheus package for the observability test"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "the observability test needs Prometheus: apt-get install prometheus, or set PROMETHEUS_BIN" >&2
+    exit 1
+  fi
+fi
 
 if [ -z "${DYNAMODB_ENDPOINT:-}" ]; then
   source scripts/dynalite.sh

@@ -454,6 +454,7 @@ pub async fn checkpointer(
     store: Store,
     mut state: RunState,
     mut rx: mpsc::Receiver<Ack>,
+    saves: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<(RunState, u64)> {
     let mut mark = Watermark::new(state.total_segments as usize);
     // Segments that start in the middle have their resume key already saved.
@@ -480,10 +481,12 @@ pub async fn checkpointer(
         for s in &dirty {
             store.put_segment(*s, &state.segments[*s as usize]).await?;
             writes += 1;
+            saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         state.checkpoint_at = Some(now());
         store.put_header(&state).await?;
         writes += 1;
+        saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Bound the cost when pages complete very fast: at most ~20 rounds a second.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

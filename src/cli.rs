@@ -41,6 +41,19 @@ Examples:
 Exit codes: 0 done; 1 done but some items failed (see the dead-letter file);
 2 fatal error or bad usage; 130 interrupted.";
 
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressChoice {
+    /// A bar when stdout is a terminal, log lines otherwise.
+    Auto,
+    /// Always a bar.
+    Bar,
+    /// Always log lines (stderr, every 10 s).
+    Log,
+    /// Nothing.
+    Off,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -151,6 +164,29 @@ pub struct RunArgs {
     /// Scan page size (Limit), 1 to 10000; default: derived from --rcu-limit and the item size.
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Throughput")]
     pub page_size: Option<u32>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 (off unless given;
+    /// use a loopback address unless the network in between is trusted).
+    #[arg(long, value_name = "ADDR", help_heading = "Observability")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Keep serving metrics this many seconds after the last migration, so a
+    /// scraper sees the final values.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "SECS",
+        help_heading = "Observability"
+    )]
+    pub metrics_hold: u64,
+    /// Progress display: a bar on a terminal and a log line every 10 s otherwise (auto), or force one.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        value_name = "MODE",
+        help_heading = "Observability"
+    )]
+    pub progress: ProgressChoice,
 
     /// Stop the run once more than N items have failed.
     #[arg(

@@ -29,6 +29,7 @@
 //! - [`status`]: the `dynbulk status` listing.
 //! - [`deadletter`]: the JSON-lines file of failed items.
 //! - [`report`]: counters and the run report.
+//! - [`metrics`]: Prometheus metric names, the exporter, snapshot publishing.
 //! - [`scaffold`]: `dynbulk new`.
 //! - [`sample`]: generated sample orders for the demo and the tests.
 
@@ -42,6 +43,7 @@ pub mod error;
 pub mod ledger;
 pub mod limiter;
 pub mod lock;
+pub mod metrics;
 pub mod migration;
 #[path = "../migrations/mod.rs"]
 pub mod migrations;

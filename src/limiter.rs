@@ -19,6 +19,7 @@ use std::future::Future;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::error::{AwsError, Class};
+use crate::metrics;
 
 /// Governor counts whole cells; one cell is a thousandth of a capacity unit so
 /// that half-unit reads are charged exactly.
@@ -143,6 +144,16 @@ struct State {
     balance: f64,
     /// Served units in the last seconds, for the measured rate.
     window: VecDeque<(Instant, f64)>,
+    /// Outcomes of the last second's calls: throttled or not.
+    outcomes: VecDeque<(Instant, bool)>,
+}
+
+/// Whether `throttled` of `total` recent calls is a capacity signal worth
+/// cutting the rate for. An occasional throttle among many calls (a briefly
+/// hot partition) is retried but does not slow the whole run; with few calls
+/// every throttle counts.
+pub fn significant(throttled: usize, total: usize) -> bool {
+    total < 20 || throttled as f64 >= total as f64 * 0.01
 }
 
 /// How far back the served rate is measured.
@@ -174,6 +185,7 @@ impl Budget {
                 controller: ceiling.map(|c| Controller::new(c, now)),
                 balance: 0.0,
                 window: VecDeque::new(),
+                outcomes: VecDeque::new(),
             }),
             consumed_milli: AtomicU64::new(0),
             throttles: AtomicU64::new(0),
@@ -288,11 +300,25 @@ impl Budget {
             .as_secs_f64()
             .max(0.1);
         let served = st.window.iter().map(|(_, u)| u).sum::<f64>() / span;
+        if !matches!(outcome, Settle::Failed { .. }) {
+            st.outcomes.push_back((now, outcome == Settle::Throttled));
+        }
+        while st
+            .outcomes
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > Duration::from_secs(1))
+        {
+            st.outcomes.pop_front();
+        }
+        let recent = st.outcomes.len();
+        let recent_throttled = st.outcomes.iter().filter(|(_, t)| *t).count();
         match outcome {
             Settle::Throttled => {
                 self.throttles.fetch_add(1, Relaxed);
                 if let Some(c) = st.controller.as_mut() {
-                    c.on_throttle(now, served);
+                    if significant(recent_throttled, recent) {
+                        c.on_throttle(now, served);
+                    }
                 }
             }
             Settle::Served(_) => {
@@ -313,6 +339,7 @@ impl Budget {
     /// The call's own error, unchanged (the caller's retry loop decides).
     pub async fn call<T, Fut>(
         &self,
+        op: &'static str,
         estimate: f64,
         units: impl FnOnce(&T) -> Option<f64>,
         call: impl FnOnce() -> Fut,
@@ -321,11 +348,21 @@ impl Budget {
         Fut: Future<Output = Result<T, AwsError>>,
     {
         self.acquire(estimate).await;
+        let started = std::time::Instant::now();
         let r = call().await;
+        metrics::request(op, started.elapsed());
         let outcome = match &r {
             Ok(out) => Settle::Served(units(out)),
             Err(e) => match e.class() {
-                Class::Throttle => Settle::Throttled,
+                Class::Throttle => {
+                    metrics::throttled(op, e.code.as_deref().unwrap_or("throttled"));
+                    metrics::retry(op, "throttle");
+                    Settle::Throttled
+                }
+                Class::Transient => {
+                    metrics::retry(op, "transient");
+                    Settle::Failed { charged: false }
+                }
                 // DynamoDB charges a write whose condition failed.
                 Class::ConditionFailed => Settle::Failed { charged: true },
                 _ => Settle::Failed { charged: false },
@@ -505,6 +542,13 @@ mod tests {
         let share = throttled as f64 / sent as f64;
         assert!(utilization > 0.95, "utilization {utilization}");
         assert!(share < 0.02, "throttled share {share}");
+    }
+
+    #[test]
+    fn sporadic_throttles_among_many_calls_do_not_cut_the_rate() {
+        assert!(!significant(1, 500), "one throttle in 500 calls");
+        assert!(significant(5, 500), "1% of calls throttled");
+        assert!(significant(1, 10), "with few calls every throttle counts");
     }
 
     #[test]

@@ -9,6 +9,8 @@ use anyhow::{anyhow, Context};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+mod progress;
+
 use dynbulk::cli::{Cli, Command, LogFormat, RunArgs, StatusArgs};
 use dynbulk::migration::Migration;
 use dynbulk::report::Outcome;
@@ -111,6 +113,10 @@ fn selected(id: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Migration>>> {
 
 async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
     let plan = args.plan();
+    if let Some(addr) = args.metrics_addr {
+        dynbulk::metrics::install(addr)?;
+        eprintln!("serving Prometheus metrics at http://{addr}/metrics");
+    }
     let chosen = selected(args.migration.as_deref())?;
     // Resolve every target table before touching anything.
     let mut targets = Vec::new();
@@ -165,7 +171,10 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
                 confirm_restart(&args, &id, &table, existing)?;
             }
         }
-        match run::execute(&client, &prepared, &plan, shutdown.clone()).await {
+        let (display, observer) = progress::Display::start(args.progress, &id);
+        let result = run::execute(&client, &prepared, &plan, shutdown.clone(), observer).await;
+        display.finish();
+        match result {
             Ok(report) => {
                 print!("{report}");
                 match report.outcome {
@@ -176,6 +185,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
                             "interrupted with checkpoints saved; run the same command again to resume \
                              (`dynbulk status --table {table}` shows progress)"
                         );
+                        hold_metrics(&args).await;
                         return Ok(EXIT_INTERRUPTED);
                     }
                 }
@@ -184,11 +194,20 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
                 if let Some(report) = &failure.report {
                     print!("{report}");
                 }
+                hold_metrics(&args).await;
                 return Err(anyhow::Error::new(failure.error)).with_context(context);
             }
         }
     }
+    hold_metrics(&args).await;
     Ok(code)
+}
+
+/// Keeps the process (and its /metrics endpoint) alive for `--metrics-hold`.
+async fn hold_metrics(args: &RunArgs) {
+    if args.metrics_addr.is_some() && args.metrics_hold > 0 {
+        tokio::time::sleep(std::time::Duration::from_secs(args.metrics_hold)).await;
+    }
 }
 
 /// `--restart` throws away progress: ask, unless `--yes`.

@@ -31,8 +31,69 @@ pub struct Stats {
     pub segments_done: AtomicU64,
     /// Estimated write units of the planned writes, thousandths (dry runs report it).
     pub write_estimate_milli: AtomicU64,
+    /// Checkpoint writes made so far.
+    pub checkpoint_saves: std::sync::Arc<AtomicU64>,
     samples: Mutex<Vec<Sample>>,
 }
+
+/// A snapshot of a running migration, for progress displays.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Counts of this attempt.
+    pub counts: Counts,
+    /// Items already done by earlier attempts of this run.
+    pub done_before: u64,
+    /// Items in the table per DescribeTable (0 when unknown).
+    pub items_estimated: u64,
+    /// TotalSegments.
+    pub segments_total: u64,
+    /// Segments finished (earlier attempts included).
+    pub segments_done: u64,
+    /// Time since this attempt's data step started.
+    pub elapsed: Duration,
+    /// Read units consumed in this attempt.
+    pub read_consumed: f64,
+    /// Write units consumed in this attempt.
+    pub write_consumed: f64,
+    /// Read limit, units per second.
+    pub read_limit: Option<f64>,
+    /// Write limit, units per second.
+    pub write_limit: Option<f64>,
+    /// Working read rate.
+    pub read_rate: Option<f64>,
+    /// Working write rate.
+    pub write_rate: Option<f64>,
+}
+
+impl Progress {
+    /// Items per second in this attempt.
+    pub fn rate(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.counts.scanned as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// Items done over the run.
+    pub fn done(&self) -> u64 {
+        self.done_before + self.counts.scanned
+    }
+
+    /// Time left at the current rate, when the table's size is known.
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        if self.items_estimated == 0 || rate <= 0.0 {
+            return None;
+        }
+        let left = self.items_estimated.saturating_sub(self.done()) as f64;
+        Some(Duration::from_secs_f64(left / rate))
+    }
+}
+
+/// Receives a [`Progress`] about once a second while a run goes on.
+pub type Observer = std::sync::Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// How many sample diffs a run keeps for its report.
 pub const MAX_SAMPLES: usize = 5;

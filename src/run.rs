@@ -19,9 +19,10 @@ use crate::error::Error;
 use crate::ledger::{self, Ledger, Status};
 use crate::limiter::{self, Budget, Budgets};
 use crate::lock;
+use crate::metrics;
 use crate::migration::Attrs;
 use crate::migration::Migration;
-use crate::report::{Capacity, Outcome, Report, Stats};
+use crate::report::{Capacity, Observer, Outcome, Progress, Report, Stats};
 use crate::scan::{ScanSpec, Scanner};
 use crate::worker::{self, Pool, Stop};
 use crate::write::Writer;
@@ -342,7 +343,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Report, Failure> {
     let prepared = prepare(client, migration, table_name, plan).await?;
-    execute(client, &prepared, plan, shutdown).await
+    execute(client, &prepared, plan, shutdown, None).await
 }
 
 /// Runs a prepared migration: lock, ledger, checkpoints, schema step, data
@@ -350,17 +351,19 @@ pub async fn run(
 ///
 /// # Errors
 /// As [`run`].
+/// `observer`, if given, receives a progress snapshot about once a second.
 pub async fn execute(
     client: &Client,
     prepared: &Prepared,
     plan: &Plan,
     shutdown: CancellationToken,
+    observer: Option<Observer>,
 ) -> Result<Report, Failure> {
     let migration = prepared.migration.clone();
     let table_name = prepared.table.name.as_str();
     let ledger = Ledger::new(client.clone(), plan.state_table.clone());
     if plan.dry_run {
-        return execute_unlocked(client, prepared, plan, shutdown, &ledger, None).await;
+        return execute_unlocked(client, prepared, plan, shutdown, &ledger, None, observer).await;
     }
     ledger.ensure().await?;
     let lock = lock::acquire(client, &plan.state_table, table_name, migration.id()).await?;
@@ -374,7 +377,16 @@ pub async fn execute(
             run_token.cancel();
         })
     };
-    let result = execute_unlocked(client, prepared, plan, run_token, &ledger, Some(&lock)).await;
+    let result = execute_unlocked(
+        client,
+        prepared,
+        plan,
+        run_token,
+        &ledger,
+        Some(&lock),
+        observer,
+    )
+    .await;
     watch.abort();
     let lost = lock.lost.is_cancelled();
     lock.release().await;
@@ -397,6 +409,7 @@ async fn execute_unlocked(
     shutdown: CancellationToken,
     ledger: &Ledger,
     lock: Option<&lock::Lock>,
+    observer: Option<Observer>,
 ) -> Result<Report, Failure> {
     let migration = prepared.migration.clone();
     let table_name = prepared.table.name.as_str();
@@ -501,10 +514,83 @@ async fn execute_unlocked(
     let (acks, checkpointer) = match state.clone() {
         Some(st) => {
             let (tx, rx) = mpsc::channel(1024);
-            let task = tokio::spawn(checkpoint::checkpointer(store.clone(), st, rx));
+            let task = tokio::spawn(checkpoint::checkpointer(
+                store.clone(),
+                st,
+                rx,
+                stats.checkpoint_saves.clone(),
+            ));
             (Some(tx), Some(task))
         }
         None => (None, None),
+    };
+    // Metrics and progress: a snapshot a second, and one at the end.
+    let labels = metrics::RunLabels {
+        migration: migration.id().to_owned(),
+        table: table_name.to_owned(),
+    };
+    let started_unix = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    metrics::run_state(&labels, "running", started_unix);
+    let done_before = state.as_ref().map(|s| s.counts.scanned).unwrap_or(0);
+    let segments_before = state
+        .as_ref()
+        .map(|s| s.segments_done() as u64)
+        .unwrap_or(0);
+    let segments_total = state
+        .as_ref()
+        .map(|s| s.total_segments)
+        .unwrap_or(plan.segments) as u64;
+    let snapshot = {
+        let stats = stats.clone();
+        let budgets = budgets.clone();
+        let labels = labels.clone();
+        let items_estimated = prepared.table.item_count;
+        let read_limit = prepared.read_limit;
+        let write_limit = prepared.write_limit;
+        move || {
+            let segments_done = segments_before
+                + stats
+                    .segments_done
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            metrics::publish(
+                &labels,
+                &stats,
+                &budgets,
+                (segments_total, segments_done),
+                items_estimated,
+                stats
+                    .checkpoint_saves
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            Progress {
+                counts: stats.counts(),
+                done_before,
+                items_estimated,
+                segments_total,
+                segments_done,
+                elapsed: started.elapsed(),
+                read_consumed: budgets.read.consumed(),
+                write_consumed: budgets.write.consumed(),
+                read_limit,
+                write_limit,
+                read_rate: budgets.read.rate(),
+                write_rate: budgets.write.rate(),
+            }
+        }
+    };
+    let reporter = {
+        let snapshot = snapshot.clone();
+        let observer = observer.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let p = snapshot();
+                if let Some(o) = &observer {
+                    o(&p);
+                }
+            }
+        })
     };
     let result = pipeline(
         client,
@@ -549,6 +635,11 @@ async fn execute_unlocked(
         write_estimate: stats.write_estimate(),
         page_size: prepared.page_size,
     };
+    reporter.abort();
+    let last = snapshot();
+    if let Some(o) = &observer {
+        o(&last);
+    }
     report.counts = stats.counts();
     report.samples = stats.samples();
     report.elapsed = started.elapsed();
@@ -581,6 +672,16 @@ async fn execute_unlocked(
             Some(e)
         }
     };
+    metrics::run_state(
+        &labels,
+        match (&error, report.outcome) {
+            (Some(_), _) => "failed",
+            (None, Outcome::Stopped) => "stopped",
+            (None, Outcome::DoneWithFailures) => "failed",
+            _ => "done",
+        },
+        started_unix,
+    );
     if !plan.dry_run {
         let finished = async {
             if matches!(report.outcome, Outcome::Done | Outcome::DoneWithFailures) {

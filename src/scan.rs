@@ -134,7 +134,7 @@ async fn scan_segment(
                 });
             budgets
                 .read
-                .call(estimate, consumed_units, move || async move {
+                .call("Scan", estimate, consumed_units, move || async move {
                     req.send().await.map_err(AwsError::from_sdk)
                 })
         })

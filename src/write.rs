@@ -177,6 +177,7 @@ impl Writer {
                     .set_expression_attribute_values(non_empty(&e.values))
                     .return_consumed_capacity(ReturnConsumedCapacity::Total);
                 self.budgets.write.call(
+                    "UpdateItem",
                     estimate,
                     |o: &aws_sdk_dynamodb::operation::update_item::UpdateItemOutput| {
                         o.consumed_capacity().and_then(|c| c.capacity_units())
@@ -197,6 +198,7 @@ impl Writer {
                     .set_expression_attribute_values(non_empty(&e.values))
                     .return_consumed_capacity(ReturnConsumedCapacity::Total);
                 self.budgets.write.call(
+                    "DeleteItem",
                     estimate,
                     |o: &aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput| {
                         o.consumed_capacity().and_then(|c| c.capacity_units())
@@ -229,6 +231,7 @@ impl Writer {
                     .set_expression_attribute_names(Some(names.clone()));
             }
             self.budgets.read.call(
+                "GetItem",
                 estimate,
                 |o: &aws_sdk_dynamodb::operation::get_item::GetItemOutput| {
                     o.consumed_capacity().and_then(|c| c.capacity_units())

@@ -1,0 +1,309 @@
+//! What an operator watches: a real Prometheus scrapes a running migration,
+//! every dashboard query returns data, the counters equal what the table
+//! shows; and the progress bar appears on a terminal only.
+
+mod common;
+mod proxy;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::*;
+use dynbulk::sample::{self, KeyShape};
+use proxy::{Config, Faults, Proxy};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+const MIGRATION: &str = "20241220_add_status_category_fields";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn small_items_table(prefix: &str, n: u64, seed: u64) -> (TestTable, Vec<Attrs>) {
+    let client = client();
+    let table = TestTable::named(prefix);
+    sample::create_table(&client, &table.name, KeyShape::Composite)
+        .await
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let items: Vec<Attrs> = (0..n)
+        .map(|i| {
+            let mut item = sample::item(KeyShape::Composite, i, n, &mut rng);
+            item.insert(
+                "notes".into(),
+                AttributeValue::S("n".repeat(rng.random_range(400..800))),
+            );
+            item
+        })
+        .collect();
+    sample::put_all(&client, &table.name, &items).await.unwrap();
+    (table, items)
+}
+
+/// A Prometheus server (Debian's `prometheus`, installed by scripts/test.sh)
+/// scraping `target` every second; killed when dropped.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Prometheus {
+        let bin = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: dynbulk\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = Command::new(&bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {bin}: {e}; scripts/test.sh installs Debian's prometheus package (or set PROMETHEUS_BIN)")
+            });
+        Prometheus {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    fn query(&self, expr: &str) -> Value {
+        let out = Command::new("curl")
+            .args(["-sf", "--get", "--data-urlencode"])
+            .arg(format!("query={expr}"))
+            .arg(format!("{}/api/v1/query", self.url))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The single value of an instant query, if it has exactly one series.
+    fn scalar(&self, expr: &str) -> Option<f64> {
+        let v = self.query(expr);
+        let result = v["data"]["result"].as_array()?;
+        if result.len() != 1 {
+            return None;
+        }
+        result[0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_a_run_and_every_dashboard_query_returns_data() {
+    const ITEMS: u64 = 6_000;
+    let (table, items) = small_items_table("orders-metrics", ITEMS, 31).await;
+    let state = TestTable::named("state");
+    // Throttles and 503s (answered before the request reaches the table, so
+    // counts stay exact) make the throttle and retry series exist.
+    let mut config = Config::new(&table.name);
+    config.seed = 7;
+    // (Rare enough not to be a capacity signal: see limiter::significant.)
+    config.faults = Faults {
+        throttling: 0.005,
+        http503: 0.01,
+        ..Faults::default()
+    };
+    let proxy = Proxy::start(&endpoint(), config).await;
+    let metrics_port = free_port();
+    let prometheus = Prometheus::start(&format!("127.0.0.1:{metrics_port}"));
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let child = dynbulk()
+        .args([
+            "run",
+            "--endpoint-url",
+            &proxy.url,
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+            "--rcu-limit",
+            "2000",
+            "--wcu-limit",
+            "1000",
+            "--metrics-addr",
+            &metrics_addr,
+            "--metrics-hold",
+            "5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The final values were served for 5 s after the run; Prometheus scraped them.
+    let scanned = prometheus
+        .scalar("dynbulk_items_scanned_total")
+        .unwrap_or(-1.0);
+    assert_eq!(scanned, ITEMS as f64, "the last scrape has the final count");
+
+    // Every expression of the dashboard returns data.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/observability/grafana/dashboards/dynbulk.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            exprs.push((
+                panel["title"].as_str().unwrap().to_owned(),
+                expr.replace("$migration", ".*").replace("$table", ".*"),
+            ));
+        }
+    }
+    assert!(exprs.len() >= 12, "the dashboard has its panels");
+    let mut empty = Vec::new();
+    for (title, expr) in &exprs {
+        let v = prometheus.query(expr);
+        let ok = v["status"] == "success"
+            && v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty());
+        if !ok {
+            empty.push(format!("{title}: {expr} -> {v}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
+
+    // The counters' final values equal what the table shows.
+    let after = read_all(&client(), &table.name).await;
+    let changed = items
+        .iter()
+        .filter(|i| after[&key_string(i)] != **i)
+        .count() as f64;
+    for item in after.values() {
+        assert_eq!(*item, expected_after_example(item));
+    }
+    let q = |outcome: &str| {
+        prometheus
+            .scalar(&format!(
+                "dynbulk_items_total{{outcome=\"{outcome}\",migration=\"{MIGRATION}\"}}"
+            ))
+            .unwrap_or(-1.0)
+    };
+    assert_eq!(q("updated"), changed);
+    assert_eq!(q("unchanged"), ITEMS as f64 - changed);
+    assert_eq!(q("deleted"), 0.0);
+    assert_eq!(q("failed"), 0.0);
+    assert_eq!(
+        prometheus.scalar("dynbulk_segments{state=\"completed\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        prometheus.scalar("dynbulk_run_state{state=\"done\"}"),
+        Some(1.0)
+    );
+    assert!(
+        prometheus
+            .scalar("sum(dynbulk_throttled_requests_total)")
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(
+        prometheus.scalar("dynbulk_capacity_limit_units{kind=\"write\"}"),
+        Some(1000.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_bar_only_on_a_terminal() {
+    let (table, _) = small_items_table("orders-bar", 3_000, 32).await;
+    let state = TestTable::named("state");
+    let state2 = TestTable::named("state");
+    let args = |state: &str| {
+        vec![
+            "run".to_owned(),
+            "--table".into(),
+            table.name.clone(),
+            "--state-table".into(),
+            state.to_owned(),
+            "--rcu-limit".into(),
+            "2000".into(),
+            // About two seconds of writes: the bar draws more than once.
+            "--wcu-limit".into(),
+            "1200".into(),
+        ]
+    };
+    // Not a terminal: no bar on stdout.
+    let out = dynbulk().args(args(&state.name)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        !stdout.contains("items/s, ETA"),
+        "a bar was drawn on a pipe:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("items scanned:"),
+        "the report is there: {stdout}"
+    );
+
+    // A pseudo-terminal (util-linux `script`): the bar is drawn.
+    let bin = env!("CARGO_BIN_EXE_dynbulk");
+    let mut command = String::from(bin);
+    for a in args(&state2.name) {
+        command.push(' ');
+        command.push_str(&a);
+    }
+    // The items are already migrated; --rerun processes them all again anyway.
+    command.push_str(" --rerun");
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .envs(
+            dynbulk()
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .output()
+        .expect("util-linux `script` runs a command under a pseudo-terminal");
+    let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("items/s, ETA"),
+        "no progress bar under a terminal:\n{screen}"
+    );
+    assert!(screen.contains("segments "), "{screen}");
+    assert!(
+        screen.contains("items scanned:"),
+        "the report follows the bar: {screen}"
+    );
+}

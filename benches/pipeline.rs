@@ -1,8 +1,15 @@
 //! The pipeline itself (transform + diff + bounded channel + worker pool), fed
 //! from memory, with the dry-run writer as the sink: no network, no DynamoDB.
 //! Reported in items per second (criterion's throughput).
+//!
+//! Two groups: `pipeline` without a metrics recorder, and `pipeline_metrics`
+//! with the Prometheus recorder installed, a snapshot published ten times a
+//! second (the real run publishes once a second) and one latency sample
+//! recorded per item (the real run records one per request). Their ratio is
+//! the metrics overhead.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -11,6 +18,8 @@ use tokio::sync::{mpsc, Mutex};
 
 use dynbulk::deadletter::DeadLetter;
 use dynbulk::limiter::{Budget, Budgets};
+use dynbulk::metrics;
+use dynbulk::migration::Attrs;
 use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::report::Stats;
 use dynbulk::sample::{self, KeyShape};
@@ -32,97 +41,122 @@ fn offline_client() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
-fn pipeline(c: &mut Criterion) {
+fn items() -> Vec<Attrs> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let items: Vec<_> = (0..ITEMS)
+    (0..ITEMS)
         .map(|i| {
             let mut item = sample::item(KeyShape::Composite, i, ITEMS, &mut rng);
             // Keep items small so the bench measures the pipeline, not memcpy of notes.
             item.remove("notes");
             item
         })
+        .collect()
+}
+
+async fn one_pass(items: Vec<Attrs>, client: aws_sdk_dynamodb::Client, workers: usize, with_metrics: bool) {
+    let stats = Arc::new(Stats::default());
+    let budgets = Arc::new(Budgets {
+        read: Budget::new(None),
+        write: Budget::new(None),
+    });
+    let writer = Arc::new(Writer {
+        client,
+        table: "bench".into(),
+        keys: vec!["pk".into(), "sk".into()],
+        migration: Arc::new(AddStatusCategoryFields),
+        dry_run: true,
+        backoff: Default::default(),
+        stats: stats.clone(),
+        projection: None,
+        budgets: budgets.clone(),
+    });
+    let pool = Arc::new(Pool {
+        writer,
+        dead_letter: Arc::new(DeadLetter::new(std::env::temp_dir().join("dynbulk-bench-dl.jsonl"))),
+        stats: stats.clone(),
+        item_concurrency: 8,
+        max_errors: None,
+        acks: None,
+    });
+    let publisher = with_metrics.then(|| {
+        let stats = stats.clone();
+        let budgets = budgets.clone();
+        tokio::spawn(async move {
+            let labels = metrics::RunLabels {
+                migration: "bench".into(),
+                table: "bench".into(),
+            };
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                metrics::publish(&labels, &stats, &budgets, (1, 0), ITEMS, 0);
+            }
+        })
+    });
+    let (tx, rx) = mpsc::channel(workers);
+    let rx = Arc::new(Mutex::new(rx));
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            tokio::spawn(worker::work(
+                pool.clone(),
+                rx.clone(),
+                tokio_util::sync::CancellationToken::new(),
+            ))
+        })
         .collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut it = items.into_iter();
+    let mut seq = 0;
+    loop {
+        let chunk: Vec<_> = it.by_ref().take(PAGE).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        if with_metrics {
+            for _ in 0..chunk.len() {
+                metrics::request("UpdateItem", Duration::from_micros(500));
+            }
+        }
+        tx.send(Page {
+            segment: 0,
+            seq,
+            items: chunk,
+            last_key: None,
+        })
+        .await
         .unwrap();
-    let client = offline_client();
-    let mut group = c.benchmark_group("pipeline");
-    group.throughput(Throughput::Elements(ITEMS));
-    group.sample_size(20);
-    for workers in [1usize, 4, 8] {
-        group.bench_with_input(
-            BenchmarkId::new("workers", workers),
-            &workers,
-            |b, &workers| {
-                b.to_async(&runtime).iter(|| {
-                    let items = items.clone();
-                    let client = client.clone();
-                    async move {
-                        let stats = Arc::new(Stats::default());
-                        let writer = Arc::new(Writer {
-                            client,
-                            table: "bench".into(),
-                            keys: vec!["pk".into(), "sk".into()],
-                            migration: Arc::new(AddStatusCategoryFields),
-                            dry_run: true,
-                            backoff: Default::default(),
-                            stats: stats.clone(),
-                            projection: None,
-                            budgets: Arc::new(Budgets {
-                                read: Budget::new(None),
-                                write: Budget::new(None),
-                            }),
-                        });
-                        let pool = Arc::new(Pool {
-                            writer,
-                            dead_letter: Arc::new(DeadLetter::new(
-                                std::env::temp_dir().join("dynbulk-bench-dl.jsonl"),
-                            )),
-                            stats: stats.clone(),
-                            item_concurrency: 8,
-                            max_errors: None,
-                            acks: None,
-                        });
-                        let (tx, rx) = mpsc::channel(workers * 2);
-                        let rx = Arc::new(Mutex::new(rx));
-                        let handles: Vec<_> = (0..workers)
-                            .map(|_| {
-                                tokio::spawn(worker::work(
-                                    pool.clone(),
-                                    rx.clone(),
-                                    tokio_util::sync::CancellationToken::new(),
-                                ))
-                            })
-                            .collect();
-                        let mut it = items.into_iter();
-                        let mut seq = 0;
-                        loop {
-                            let chunk: Vec<_> = it.by_ref().take(PAGE).collect();
-                            if chunk.is_empty() {
-                                break;
-                            }
-                            tx.send(Page {
-                                segment: 0,
-                                seq,
-                                items: chunk,
-                                last_key: None,
-                            })
-                            .await
-                            .unwrap();
-                            seq += 1;
-                        }
-                        drop(tx);
-                        for h in handles {
-                            h.await.unwrap().map_err(|_| "worker stopped").unwrap();
-                        }
-                        assert_eq!(stats.counts().updated + stats.counts().unchanged, ITEMS);
-                    }
-                })
-            },
-        );
+        seq += 1;
     }
-    group.finish();
+    drop(tx);
+    for h in handles {
+        h.await.unwrap().map_err(|_| "worker stopped").unwrap();
+    }
+    if let Some(p) = publisher {
+        p.abort();
+    }
+    assert_eq!(stats.counts().updated + stats.counts().unchanged, ITEMS);
+}
+
+fn pipeline(c: &mut Criterion) {
+    let items = items();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let client = offline_client();
+    for (group_name, with_metrics) in [("pipeline", false), ("pipeline_metrics", true)] {
+        if with_metrics {
+            // A recorder without an HTTP listener: the cost of recording, not of serving.
+            let _ = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder();
+            metrics::describe();
+        }
+        let mut group = c.benchmark_group(group_name);
+        group.throughput(Throughput::Elements(ITEMS));
+        group.sample_size(30);
+        for workers in [1usize, 8] {
+            group.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, &workers| {
+                b.to_async(&runtime)
+                    .iter(|| one_pass(items.clone(), client.clone(), workers, with_metrics))
+            });
+        }
+        group.finish();
+    }
 }
 
 criterion_group!(benches, pipeline);

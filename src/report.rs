@@ -66,19 +66,25 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Items per second in this attempt.
+    /// Items that reached an outcome in this attempt.
+    pub fn processed(&self) -> u64 {
+        let c = &self.counts;
+        c.updated + c.deleted + c.unchanged + c.failed
+    }
+
+    /// Items processed per second in this attempt.
     pub fn rate(&self) -> f64 {
         let s = self.elapsed.as_secs_f64();
         if s > 0.0 {
-            self.counts.scanned as f64 / s
+            self.processed() as f64 / s
         } else {
             0.0
         }
     }
 
-    /// Items done over the run.
+    /// Items done over the run (earlier attempts included).
     pub fn done(&self) -> u64 {
-        self.done_before + self.counts.scanned
+        self.done_before + self.processed()
     }
 
     /// Time left at the current rate, when the table's size is known.

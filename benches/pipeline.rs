@@ -54,7 +54,12 @@ fn items() -> Vec<Attrs> {
         .collect()
 }
 
-async fn one_pass(items: Vec<Attrs>, client: aws_sdk_dynamodb::Client, workers: usize, with_metrics: bool) {
+async fn one_pass(
+    items: Vec<Attrs>,
+    client: aws_sdk_dynamodb::Client,
+    workers: usize,
+    with_metrics: bool,
+) {
     let stats = Arc::new(Stats::default());
     let budgets = Arc::new(Budgets {
         read: Budget::new(None),
@@ -73,7 +78,9 @@ async fn one_pass(items: Vec<Attrs>, client: aws_sdk_dynamodb::Client, workers: 
     });
     let pool = Arc::new(Pool {
         writer,
-        dead_letter: Arc::new(DeadLetter::new(std::env::temp_dir().join("dynbulk-bench-dl.jsonl"))),
+        dead_letter: Arc::new(DeadLetter::new(
+            std::env::temp_dir().join("dynbulk-bench-dl.jsonl"),
+        )),
         stats: stats.clone(),
         item_concurrency: 8,
         max_errors: None,
@@ -134,7 +141,10 @@ async fn one_pass(items: Vec<Attrs>, client: aws_sdk_dynamodb::Client, workers: 
 
 fn pipeline(c: &mut Criterion) {
     let items = items();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let client = offline_client();
     for (group_name, with_metrics) in [("pipeline", false), ("pipeline_metrics", true)] {
         if with_metrics {
@@ -146,10 +156,14 @@ fn pipeline(c: &mut Criterion) {
         group.throughput(Throughput::Elements(ITEMS));
         group.sample_size(30);
         for workers in [1usize, 8] {
-            group.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, &workers| {
-                b.to_async(&runtime)
-                    .iter(|| one_pass(items.clone(), client.clone(), workers, with_metrics))
-            });
+            group.bench_with_input(
+                BenchmarkId::new("workers", workers),
+                &workers,
+                |b, &workers| {
+                    b.to_async(&runtime)
+                        .iter(|| one_pass(items.clone(), client.clone(), workers, with_metrics))
+                },
+            );
         }
         group.finish();
     }

@@ -145,17 +145,25 @@ impl std::fmt::Display for Prepared {
             self.migration.id(),
             self.table.name
         )?;
-        writeln!(
-            f,
-            "  table:          ~{} items, ~{:.1} MB (DescribeTable, updated every ~6 h), {}",
-            self.table.item_count,
-            self.table.size_bytes as f64 / 1e6,
-            if self.table.on_demand {
-                "on-demand"
-            } else {
-                "provisioned"
-            }
-        )?;
+        let billing = if self.table.on_demand {
+            "on-demand"
+        } else {
+            "provisioned"
+        };
+        let known = self.table.item_count > 0;
+        if known {
+            writeln!(
+                f,
+                "  table:          ~{} items, ~{:.1} MB (DescribeTable, refreshed about every 6 h), {billing}",
+                self.table.item_count,
+                self.table.size_bytes as f64 / 1e6,
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  table:          size not known yet (DescribeTable reports 0 items; it refreshes about every 6 h), {billing}"
+            )?;
+        }
         match &self.existing {
             Some(run) => {
                 writeln!(
@@ -191,14 +199,21 @@ impl std::fmt::Display for Prepared {
         for note in &self.limit_notes {
             writeln!(f, "                  {note}")?;
         }
-        write!(f, "  scan estimate:  ~{:.0} RCU", self.read_estimate)?;
-        match self.read_limit {
-            Some(l) => writeln!(
+        if known {
+            write!(f, "  scan estimate:  ~{:.0} RCU", self.read_estimate)?;
+            match self.read_limit {
+                Some(l) => writeln!(
+                    f,
+                    ", ~{} at the read limit",
+                    human_duration(self.read_estimate / l)
+                )?,
+                None => writeln!(f)?,
+            }
+        } else {
+            writeln!(
                 f,
-                ", ~{} at the read limit",
-                human_duration(self.read_estimate / l)
-            )?,
-            None => writeln!(f)?,
+                "  scan estimate:  unknown until DescribeTable reports the table's size"
+            )?;
         }
         Ok(())
     }

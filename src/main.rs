@@ -167,8 +167,18 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
             .with_context(context)?;
         print!("{prepared}");
         if plan.restart && !plan.dry_run {
-            if let Some(existing) = &prepared.existing {
-                confirm_restart(&args, &id, &table, existing)?;
+            let what = match (&prepared.existing, &prepared.unreadable_state) {
+                (Some(existing), _) => Some(format!(
+                    "the checkpoints of the unfinished run of {id} on {table} ({}/{} segments done, {} items processed)",
+                    existing.segments_done(),
+                    existing.total_segments,
+                    existing.counts.scanned
+                )),
+                (None, Some(problem)) => Some(format!("the unreadable run state of {id} on {table} ({problem})")),
+                (None, None) => None,
+            };
+            if let Some(what) = what {
+                confirm_restart(&args, &what)?;
             }
         }
         let (display, observer) = progress::Display::start(args.progress, &id);
@@ -211,22 +221,12 @@ async fn hold_metrics(args: &RunArgs) {
 }
 
 /// `--restart` throws away progress: ask, unless `--yes`.
-fn confirm_restart(
-    args: &RunArgs,
-    id: &str,
-    table: &str,
-    existing: &dynbulk::checkpoint::RunState,
-) -> anyhow::Result<()> {
+fn confirm_restart(args: &RunArgs, what: &str) -> anyhow::Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
     if args.yes {
         return Ok(());
     }
-    let question = format!(
-        "discard the checkpoints of the unfinished run of {id} on {table} ({}/{} segments done, {} items processed) and start over?",
-        existing.segments_done(),
-        existing.total_segments,
-        existing.counts.scanned
-    );
+    let question = format!("discard {what} and start over?");
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("{question} Pass --yes to confirm (standard input is not a terminal, so dynbulk cannot ask)");
     }

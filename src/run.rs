@@ -131,6 +131,8 @@ pub struct Prepared {
     pub read_estimate: f64,
     /// The unfinished run this one resumes, if any (read-only look, already validated).
     pub existing: Option<RunState>,
+    /// With --restart: the stored state that could not be read and will be discarded.
+    pub unreadable_state: Option<String>,
 }
 
 impl std::fmt::Display for Prepared {
@@ -291,15 +293,25 @@ pub async fn prepare(
         .or_else(|| limiter::page_limit(read_limit, avg_item_bytes, options.consistent_read));
     let read_estimate = info.size_bytes as f64 / limiter::bytes_per_rcu(options.consistent_read);
     let ledger = Ledger::new(client.clone(), plan.state_table.clone());
+    let mut unreadable_state = None;
     let existing = if ledger.exists().await? {
-        Store::new(
+        let loaded = Store::new(
             client.clone(),
             &plan.state_table,
             table_name,
             migration.id(),
         )
         .load()
-        .await?
+        .await;
+        match loaded {
+            Ok(existing) => existing,
+            // --restart is the way out of state that does not decode.
+            Err(e @ Error::State { .. }) if plan.restart => {
+                unreadable_state = Some(e.to_string());
+                None
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };
@@ -314,6 +326,7 @@ pub async fn prepare(
         segments: plan.segments,
         read_estimate,
         existing,
+        unreadable_state,
     })
     .and_then(|p| {
         if let Some(run) = &p.existing {
@@ -462,7 +475,10 @@ async fn execute_unlocked(
     let mut state = if plan.dry_run || lock.is_none() {
         None
     } else {
-        let existing = store.load().await?;
+        let existing = match store.load().await {
+            Err(Error::State { .. }) if plan.restart => Some(None),
+            other => other?.map(Some),
+        };
         match existing {
             Some(_) if plan.restart => {
                 tracing::warn!(
@@ -473,10 +489,11 @@ async fn execute_unlocked(
                 store.delete().await?;
                 Some(store.create(plan.segments, &prepared.table.keys).await?)
             }
-            Some(st) => {
+            Some(Some(st)) => {
                 check_resumable(&st, prepared, &plan.state_table)?;
                 Some(st)
             }
+            Some(None) => unreachable!("unreadable state only passes with --restart"),
             None => Some(store.create(plan.segments, &prepared.table.keys).await?),
         }
     };

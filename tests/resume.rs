@@ -250,6 +250,13 @@ async fn sigterm_stops_gracefully_with_exit_130_and_resume_completes() {
         "{status}"
     );
 
+    // --restart without --yes and without a terminal to ask on: refused, nothing changed.
+    let mut restart = args.to_vec();
+    restart.push("--restart");
+    let (code, _, stderr) = output(spawn(&restart));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+
     let (code, second, stderr) = output(spawn(&args));
     assert_eq!(code, Some(0), "{second}\n{stderr}");
     assert!(second.contains("resuming:"), "{second}");
@@ -427,10 +434,40 @@ async fn corrupt_or_mismatched_state_is_refused_with_exit_2_and_no_write() {
     .await;
     put(header("1", &["id"])).await;
     check(run(), "key");
-
     assert_eq!(
         read_all(&client, &table.name).await,
         before,
         "the table was touched"
     );
+
+    // What the messages suggest works, even on state that does not decode:
+    // --restart --yes discards it and runs.
+    put(HashMap::from([
+        ("pk".into(), AttributeValue::S(pk.clone())),
+        ("sk".into(), AttributeValue::S("segment#2".into())),
+        ("last_key".into(), AttributeValue::S("garbage".into())),
+    ]))
+    .await;
+    let out = dynbulk()
+        .args([
+            "run",
+            "--unlimited",
+            "--restart",
+            "--yes",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (key, item) in read_all(&client, &table.name).await {
+        assert_eq!(item, expected_after_example(&before[&key]), "{key}");
+    }
 }

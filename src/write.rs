@@ -159,7 +159,8 @@ impl Writer {
                         item_size(&m)
                     })
                     .sum();
-                write_units(old_size + added / 2)
+                // An upper bound: the item as it was plus every value set.
+                write_units(old_size + added)
             }
             _ => write_units(old_size),
         };

@@ -52,6 +52,8 @@ struct Prometheus {
     child: Child,
     url: String,
     _dir: tempfile::TempDir,
+    /// Evaluation time of queries (Unix seconds); `None` is now.
+    at: Option<f64>,
 }
 
 impl Drop for Prometheus {
@@ -88,13 +90,18 @@ impl Prometheus {
             child,
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
+            at: None,
         }
     }
 
     fn query(&self, expr: &str) -> Value {
-        let out = Command::new("curl")
-            .args(["-sf", "--get", "--data-urlencode"])
-            .arg(format!("query={expr}"))
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sf", "--get", "--data-urlencode"])
+            .arg(format!("query={expr}"));
+        if let Some(at) = self.at {
+            cmd.args(["--data-urlencode"]).arg(format!("time={at:.3}"));
+        }
+        let out = cmd
             .arg(format!("{}/api/v1/query", self.url))
             .output()
             .unwrap();
@@ -154,6 +161,16 @@ async fn prometheus_scrapes_a_run_and_every_dashboard_query_returns_data() {
         .spawn()
         .unwrap();
     let out = child.wait_with_output().unwrap();
+    // Once dynbulk is gone, Prometheus marks its series stale at the next
+    // scrape; evaluate every query at a moment when it was still serving its
+    // final values (it served them for 5 s after the run, scraped every second).
+    let unix = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let mut prometheus = prometheus;
+    prometheus.at = Some(unix(std::time::SystemTime::now()) - 1.5);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),

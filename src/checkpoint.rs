@@ -344,21 +344,36 @@ impl Store {
     /// # Errors
     /// When the state table cannot be read or written.
     pub async fn delete(&self) -> Result<()> {
+        let mut keys: Vec<Attrs> = Vec::new();
         let mut start = None;
         loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.state_table)
-                .key_condition_expression("pk = :p")
-                .expression_attribute_values(":p", AttributeValue::S(self.pk()))
-                .projection_expression("pk, sk")
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| Error::aws("reading checkpoints to delete", AwsError::from_sdk(e)))?;
-            for item in page.items() {
-                let key: Attrs = item.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let page = retry(&Backoff::default(), &mut Attempts::default(), || {
+                let req = self
+                    .client
+                    .query()
+                    .table_name(&self.state_table)
+                    .key_condition_expression("pk = :p")
+                    .expression_attribute_values(":p", AttributeValue::S(self.pk()))
+                    .projection_expression("pk, sk")
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start.clone());
+                async move { req.send().await.map_err(AwsError::from_sdk) }
+            })
+            .await
+            .map_err(|e| Error::aws("reading checkpoints to delete", e))?;
+            keys.extend(page.items().iter().cloned());
+            start = page.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                break;
+            }
+        }
+        // Segment rows first, the header last: a crash in between leaves a
+        // header with fewer checkpoints (those segments are scanned again, and
+        // idempotent transforms leave them as they are), never checkpoints
+        // without a header.
+        keys.sort_by_key(|k| sk(k) == Some("run"));
+        {
+            for key in keys {
                 retry(&Backoff::default(), &mut Attempts::default(), || {
                     let req = self
                         .client
@@ -370,11 +385,8 @@ impl Store {
                 .await
                 .map_err(|e| Error::aws("deleting checkpoints", e))?;
             }
-            start = page.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() {
-                return Ok(());
-            }
         }
+        Ok(())
     }
 }
 

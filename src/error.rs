@@ -180,6 +180,8 @@ const TRANSIENT_CODES: &[&str] = &[
     "ServiceUnavailable",
     "ServiceUnavailableException",
     "TransactionInProgressException",
+    // An application transaction held the item at that moment: try again.
+    "TransactionConflictException",
     "RequestTimeout",
     "RequestTimeoutException",
 ];
@@ -257,6 +259,10 @@ mod tests {
         );
         assert_eq!(
             classify(None, None, "connection reset", true),
+            Class::Transient
+        );
+        assert_eq!(
+            classify(Some("TransactionConflictException"), Some(400), "", false),
             Class::Transient
         );
     }

@@ -217,9 +217,13 @@ fn start(client: &Client, state_table: &str, pk: String, token: String) -> Lock 
         let token = token.clone();
         let lost = lost.clone();
         tokio::spawn(async move {
+            // Our lease is good until this instant (measured from when the
+            // renewal was sent, so a slow answer cannot stretch it).
+            let mut valid_until = std::time::Instant::now() + LEASE;
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
-                let r = client
+                let sent = std::time::Instant::now();
+                let renewal = client
                     .update_item()
                     .table_name(&state_table)
                     .key("pk", AttributeValue::S(pk.clone()))
@@ -232,16 +236,28 @@ fn start(client: &Client, state_table: &str, pk: String, token: String) -> Lock 
                         AttributeValue::N((now_ms() + LEASE.as_millis() as i64).to_string()),
                     )
                     .expression_attribute_values(":t", AttributeValue::S(token.clone()))
-                    .send()
-                    .await;
-                if let Err(e) = r {
-                    let e = AwsError::from_sdk(e);
-                    if e.class() == Class::ConditionFailed {
-                        tracing::error!(error = %e, "the run's lock was taken over by another runner; stopping");
-                        lost.cancel();
-                        return;
+                    .send();
+                match tokio::time::timeout(HEARTBEAT - Duration::from_secs(1), renewal).await {
+                    Ok(Ok(_)) => valid_until = sent + LEASE,
+                    Ok(Err(e)) => {
+                        let e = AwsError::from_sdk(e);
+                        if e.class() == Class::ConditionFailed {
+                            tracing::error!(error = %e, "the run's lock was taken over by another runner; stopping");
+                            lost.cancel();
+                            return;
+                        }
+                        tracing::warn!(error = %e, "renewing the lock failed; retrying at the next heartbeat");
                     }
-                    tracing::warn!(error = %e, "renewing the lock failed; retrying at the next heartbeat");
+                    Err(_) => tracing::warn!(
+                        "renewing the lock timed out; retrying at the next heartbeat"
+                    ),
+                }
+                // Stop before the lease can run out under us: another runner
+                // could then take the lock while we still write.
+                if std::time::Instant::now() + HEARTBEAT >= valid_until {
+                    tracing::error!("the lock could not be renewed before its lease ends; stopping with checkpoints saved");
+                    lost.cancel();
+                    return;
                 }
             }
         })

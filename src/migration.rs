@@ -46,8 +46,9 @@ pub trait Migration: Send + Sync {
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
     /// Attribute names to read; `None` reads whole items. Key attributes are
-    /// always added. A projected scan still writes correctly: the condition only
-    /// covers attributes the transform saw.
+    /// always added. Every attribute the transform reads or writes must be
+    /// listed: an item whose transform touches another attribute is
+    /// dead-lettered rather than written on a partial view.
     pub projection: Option<Vec<String>>,
     /// A filter expression, e.g. `attribute_exists(#s)`.
     pub filter: Option<String>,

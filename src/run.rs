@@ -421,7 +421,7 @@ pub async fn execute(
     match result {
         Ok(report) if lost => Err(Failure {
             error: Error::Usage(format!(
-                "another runner took over the lock of migration {} on table {table_name}; this run stopped with its checkpoints saved",
+                "this run lost the lock of migration {} on table {table_name} (another runner took it over, or it could not be renewed in time); it stopped with its checkpoints saved",
                 migration.id()
             )),
             report: Some(Box::new(report)),
@@ -875,6 +875,9 @@ async fn pipeline(
             r
         });
     }
+    // Only the workers hold the receiver now: if they all end, the scans'
+    // sends fail instead of waiting on a full channel.
+    drop(rx);
 
     let mut first_error: Option<Error> = None;
     while let Some(joined) = workers.join_next().await {
@@ -890,6 +893,8 @@ async fn pipeline(
                 )));
             }
             Err(join) => {
+                // Stop the scans, or they would wait forever on a full channel.
+                stop_scans.cancel();
                 first_error.get_or_insert(Error::Usage(format!("a worker task panicked: {join}")));
             }
         }

@@ -212,7 +212,8 @@ pub fn projection_expr(keys: &[String], attrs: &[String]) -> (String, HashMap<St
     let mut names = HashMap::new();
     let mut parts = Vec::new();
     for (i, a) in all.into_iter().enumerate() {
-        let p = format!("#p{i}");
+        // A prefix of dynbulk's own, so a migration's filter names cannot collide.
+        let p = format!("#dynbulk_p{i}");
         names.insert(p.clone(), a.clone());
         parts.push(p);
     }
@@ -236,9 +237,12 @@ mod tests {
             keys: vec!["pk".into(), "sk".into()],
         };
         let (expr, names) = projection(&spec);
-        assert_eq!(expr.as_deref(), Some("#p0, #p1, #p2"));
-        assert_eq!(names["#p0"], "pk");
-        assert_eq!(names["#p1"], "sk");
-        assert_eq!(names["#p2"], "status");
+        assert_eq!(
+            expr.as_deref(),
+            Some("#dynbulk_p0, #dynbulk_p1, #dynbulk_p2")
+        );
+        assert_eq!(names["#dynbulk_p0"], "pk");
+        assert_eq!(names["#dynbulk_p1"], "sk");
+        assert_eq!(names["#dynbulk_p2"], "status");
     }
 }

@@ -68,6 +68,9 @@ pub async fn work(
 
 async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> {
     let writer = &pool.writer;
+    // Set on a fatal error in this page: items not started yet are skipped.
+    let abort = std::sync::atomic::AtomicBool::new(false);
+    let abort = &abort;
     let Page {
         segment,
         seq,
@@ -78,7 +81,18 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
     let mut results = stream::iter(items)
         .map(|item| async move {
             let key = key_of(&writer.keys, &item);
-            (key, writer.apply(item).await)
+            // After a fatal error in this page, only items already started
+            // finish; the page is then not acknowledged, so a resume redoes it.
+            // A graceful stop (Ctrl-C) finishes the page instead, so that it is
+            // acknowledged and the run's totals stay exact.
+            if abort.load(Relaxed) {
+                return (key, None);
+            }
+            let r = writer.apply(item).await;
+            if r.is_err() {
+                abort.store(true, Relaxed);
+            }
+            (key, Some(r))
         })
         .buffer_unordered(pool.item_concurrency.max(1));
     let mut fatal = None;
@@ -87,7 +101,12 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
         ..Counts::default()
     };
     let conflicts_before = pool.stats.conflicts.load(Relaxed);
+    let mut skipped = 0u64;
     while let Some((key, result)) = results.next().await {
+        let Some(result) = result else {
+            skipped += 1;
+            continue;
+        };
         match result {
             Ok(ItemOutcome::Unchanged) => {
                 counts.unchanged += 1;
@@ -119,6 +138,10 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
         return Err(Stop::Fatal(e));
     }
     drop(results);
+    debug_assert_eq!(
+        skipped, 0,
+        "items are skipped only after a fatal error, returned above"
+    );
     // Conflicts are counted globally; the page's share is approximate when
     // workers overlap, which only affects the reported conflict total.
     counts.conflicts = pool

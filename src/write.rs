@@ -82,6 +82,14 @@ impl Writer {
             };
             let read = item.read_set();
             let attrs_now = item.into_attrs();
+            if let Some(outside) = self.outside_projection(&read, &change) {
+                // An attribute the scan did not fetch looks absent: a removal
+                // would be skipped and a guard would fail forever.
+                return Ok(ItemOutcome::Failed(format!(
+                    "the transform reads or writes attribute {outside:?}, which the migration's scan projection does not fetch; \
+                     add it to scan_options().projection"
+                )));
+            }
             let planned = match diff::plan(&self.keys, &attrs_now, &read, &change) {
                 Ok(p) => p,
                 Err(e) => return Ok(ItemOutcome::Failed(e.to_string())),
@@ -142,6 +150,21 @@ impl Writer {
             "the item changed under every one of {} attempts; it is being written concurrently",
             MAX_CONFLICT_RETRIES + 1
         )))
+    }
+
+    /// The first attribute the transform touched that a projected scan did not fetch.
+    fn outside_projection(
+        &self,
+        read: &std::collections::BTreeSet<String>,
+        change: &Change,
+    ) -> Option<String> {
+        let (_, names) = self.projection.as_ref()?;
+        let fetched = |a: &String| self.keys.contains(a) || names.values().any(|n| n == a);
+        let written: Vec<&String> = match change {
+            Change::Update(u) => u.names().collect(),
+            _ => vec![],
+        };
+        read.iter().chain(written).find(|a| !fetched(a)).cloned()
     }
 
     async fn send(&self, key: &Attrs, old: &Attrs, planned: &Planned) -> Result<(), AwsError> {

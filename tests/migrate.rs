@@ -364,3 +364,75 @@ async fn error_budget_stops_the_run_cleanly() {
     assert_eq!(lines, report.counts.failed);
     let _ = std::fs::remove_file(&p.dead_letter);
 }
+
+/// The example transform behind a projected scan.
+struct Projected(Vec<&'static str>);
+
+impl Migration for Projected {
+    fn id(&self) -> &'static str {
+        "20260102_projected"
+    }
+    fn description(&self) -> &'static str {
+        "test migration"
+    }
+    fn scan_options(&self) -> dynbulk::migration::ScanOptions {
+        dynbulk::migration::ScanOptions {
+            projection: Some(self.0.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+    fn transform(&self, item: &Item) -> Result<Change, TransformError> {
+        AddStatusCategoryFields.transform(item)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn projected_scan_writes_correctly_or_refuses_attributes_it_did_not_fetch() {
+    let client = client();
+    let state = TestTable::named("state");
+    let table = TestTable::named("orders-projected");
+    sample::create_table(&client, &table.name, KeyShape::Composite)
+        .await
+        .unwrap();
+    let items = sample::load(&client, &table.name, KeyShape::Composite, 1_000, 12)
+        .await
+        .unwrap();
+    let before = read_all(&client, &table.name).await;
+
+    // statusCategory is written but not fetched: refused per item, nothing written.
+    let p = plan(2, &state);
+    let r = run::run(
+        &client,
+        Arc::new(Projected(vec!["status"])),
+        &table.name,
+        &p,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(r.counts.failed > 0 && r.counts.updated == 0, "{r}");
+    assert_eq!(read_all(&client, &table.name).await, before);
+    let dl = std::fs::read_to_string(&p.dead_letter).unwrap();
+    assert!(dl.contains("projection"), "{dl}");
+    let _ = std::fs::remove_file(&p.dead_letter);
+
+    // Both fetched: every item ends as the transform says, the rest untouched.
+    let p = Plan {
+        rerun: true,
+        ..plan(2, &state)
+    };
+    let r = run::run(
+        &client,
+        Arc::new(Projected(vec!["status", "statusCategory"])),
+        &table.name,
+        &p,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.counts.failed, 0, "{r}");
+    let after = read_all(&client, &table.name).await;
+    for item in &items {
+        assert_eq!(after[&key_string(item)], expected_after_example(item));
+    }
+}

@@ -45,6 +45,8 @@ pub struct RunState {
     pub total_segments: u32,
     /// The table's key attribute names when the run started.
     pub keys: Vec<String>,
+    /// The table's TableId when the run started, if DynamoDB gave one.
+    pub table_id: Option<String>,
     /// Counts of acknowledged pages over all attempts.
     pub counts: Counts,
     /// Attempts so far (this one included once it starts).
@@ -224,6 +226,7 @@ impl Store {
             run_id: s("run_id").unwrap_or_default(),
             total_segments: total_segments as u32,
             keys,
+            table_id: s("table_id"),
             counts: Counts {
                 scanned: n("scanned")?,
                 updated: n("updated")?,
@@ -245,12 +248,18 @@ impl Store {
     ///
     /// # Errors
     /// When the state table cannot be written.
-    pub async fn create(&self, total_segments: u32, keys: &[String]) -> Result<RunState> {
+    pub async fn create(
+        &self,
+        total_segments: u32,
+        keys: &[String],
+        table_id: Option<String>,
+    ) -> Result<RunState> {
         let run_id = format!("{:016x}", rand::random::<u64>());
         let state = RunState {
             run_id,
             total_segments,
             keys: keys.to_vec(),
+            table_id,
             counts: Counts::default(),
             attempts: 0,
             started_at: now(),
@@ -297,6 +306,9 @@ impl Store {
                 AttributeValue::S(state.started_at.clone()),
             ),
         ]);
+        if let Some(id) = &state.table_id {
+            item.insert("table_id".into(), AttributeValue::S(id.clone()));
+        }
         if let Some(t) = &state.checkpoint_at {
             item.insert("checkpoint_at".into(), AttributeValue::S(t.clone()));
         }

@@ -487,14 +487,30 @@ async fn execute_unlocked(
                     "discarding the unfinished run's checkpoints (--restart)"
                 );
                 store.delete().await?;
-                Some(store.create(plan.segments, &prepared.table.keys).await?)
+                Some(
+                    store
+                        .create(
+                            plan.segments,
+                            &prepared.table.keys,
+                            prepared.table.table_id.clone(),
+                        )
+                        .await?,
+                )
             }
             Some(Some(st)) => {
                 check_resumable(&st, prepared, &plan.state_table)?;
                 Some(st)
             }
             Some(None) => unreachable!("unreadable state only passes with --restart"),
-            None => Some(store.create(plan.segments, &prepared.table.keys).await?),
+            None => Some(
+                store
+                    .create(
+                        plan.segments,
+                        &prepared.table.keys,
+                        prepared.table.table_id.clone(),
+                    )
+                    .await?,
+            ),
         }
     };
     if let Some(st) = state.as_mut() {
@@ -753,6 +769,20 @@ fn check_resumable(state: &RunState, prepared: &Prepared, state_table: &str) -> 
                 prepared.table.keys
             ),
         });
+    }
+    if let (Some(then), Some(now)) = (&state.table_id, &prepared.table.table_id) {
+        if then != now {
+            return Err(Error::State {
+                table: state_table.to_owned(),
+                message: format!(
+                    "the unfinished run of {} started on another table named {} (TableId {then}; the table now has {now}: \
+                     it was deleted and created again). Its checkpoints do not apply and nothing was written. \
+                     Run with --restart to start over",
+                    prepared.migration.id(),
+                    prepared.table.name
+                ),
+            });
+        }
     }
     Ok(())
 }

@@ -27,6 +27,9 @@ pub struct TableInfo {
     pub status: Option<TableStatus>,
     /// Global secondary index names.
     pub indexes: Vec<String>,
+    /// DynamoDB's unique id of the table: differs if the table was deleted
+    /// and created again under the same name.
+    pub table_id: Option<String>,
 }
 
 /// Describes `table`.
@@ -99,6 +102,7 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableInfo> {
         read_capacity,
         write_capacity,
         status: desc.table_status().cloned(),
+        table_id: desc.table_id().map(str::to_owned),
         indexes: desc
             .global_secondary_indexes()
             .iter()

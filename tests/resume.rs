@@ -440,6 +440,20 @@ async fn corrupt_or_mismatched_state_is_refused_with_exit_2_and_no_write() {
         "the table was touched"
     );
 
+    // A run that started on another table of the same name (deleted and re-created).
+    let mut other = header("1", &["pk", "sk"]);
+    other.insert(
+        "table_id".into(),
+        AttributeValue::S("00000000-other-table".into()),
+    );
+    put(other).await;
+    check(run(), "TableId");
+    assert_eq!(
+        read_all(&client, &table.name).await,
+        before,
+        "the table was touched"
+    );
+
     // What the messages suggest works, even on state that does not decode:
     // --restart --yes discards it and runs.
     put(HashMap::from([

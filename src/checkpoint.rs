@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::backoff::{retry, Attempts, Backoff};
 use crate::error::{AwsError, Error, Result};
-use crate::ledger::{now, SCHEMA_VERSION};
+use crate::ledger::{now, put_state, query_state, SCHEMA_VERSION};
 use crate::migration::Attrs;
 use crate::report::Counts;
 
@@ -123,39 +123,14 @@ impl Store {
     /// # Errors
     /// When the state cannot be read or does not decode; never guesses.
     pub async fn load(&self) -> Result<Option<RunState>> {
-        let mut items = Vec::new();
-        let mut start = None;
-        loop {
-            let page = retry(&Backoff::default(), &mut Attempts::default(), || {
-                let req = self
-                    .client
-                    .query()
-                    .table_name(&self.state_table)
-                    .key_condition_expression("pk = :p")
-                    .expression_attribute_values(":p", AttributeValue::S(self.pk()))
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start.clone());
-                async move { req.send().await.map_err(AwsError::from_sdk) }
-            })
-            .await;
-            let page = match page {
-                Ok(p) => p,
-                Err(e) if e.code.as_deref() == Some("ResourceNotFoundException") => {
-                    return Ok(None)
-                }
-                Err(e) => {
-                    return Err(Error::aws(
-                        format!("reading checkpoints in state table {}", self.state_table),
-                        e,
-                    ))
-                }
-            };
-            items.extend(page.items.unwrap_or_default());
-            start = page.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() {
-                break;
-            }
-        }
+        let items = query_state(&self.client, &self.state_table, &self.pk())
+            .await
+            .map_err(|e| {
+                Error::aws(
+                    format!("reading checkpoints in state table {}", self.state_table),
+                    e,
+                )
+            })?;
         let Some(header) = items.iter().find(|i| sk(i) == Some("run")) else {
             if items.is_empty() {
                 return Ok(None);
@@ -317,21 +292,14 @@ impl Store {
     }
 
     async fn put(&self, item: Attrs) -> Result<()> {
-        retry(&Backoff::default(), &mut Attempts::default(), || {
-            let req = self
-                .client
-                .put_item()
-                .table_name(&self.state_table)
-                .set_item(Some(item.clone()));
-            async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
-        })
-        .await
-        .map_err(|e| {
-            Error::aws(
-                format!("saving checkpoints in state table {}", self.state_table),
-                e,
-            )
-        })
+        put_state(&self.client, &self.state_table, item)
+            .await
+            .map_err(|e| {
+                Error::aws(
+                    format!("saving checkpoints in state table {}", self.state_table),
+                    e,
+                )
+            })
     }
 
     async fn put_segment(&self, segment: u32, state: &SegmentState) -> Result<()> {
@@ -356,29 +324,16 @@ impl Store {
     /// # Errors
     /// When the state table cannot be read or written.
     pub async fn delete(&self) -> Result<()> {
-        let mut keys: Vec<Attrs> = Vec::new();
-        let mut start = None;
-        loop {
-            let page = retry(&Backoff::default(), &mut Attempts::default(), || {
-                let req = self
-                    .client
-                    .query()
-                    .table_name(&self.state_table)
-                    .key_condition_expression("pk = :p")
-                    .expression_attribute_values(":p", AttributeValue::S(self.pk()))
-                    .projection_expression("pk, sk")
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start.clone());
-                async move { req.send().await.map_err(AwsError::from_sdk) }
-            })
+        let mut keys: Vec<Attrs> = query_state(&self.client, &self.state_table, &self.pk())
             .await
-            .map_err(|e| Error::aws("reading checkpoints to delete", e))?;
-            keys.extend(page.items().iter().cloned());
-            start = page.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() {
-                break;
-            }
-        }
+            .map_err(|e| Error::aws("reading checkpoints to delete", e))?
+            .into_iter()
+            .map(|item| {
+                item.into_iter()
+                    .filter(|(k, _)| k == "pk" || k == "sk")
+                    .collect()
+            })
+            .collect();
         // Segment rows first, the header last: a crash in between leaves a
         // header with fewer checkpoints (those segments are scanned again, and
         // idempotent transforms leave them as they are), never checkpoints

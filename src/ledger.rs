@@ -17,6 +17,7 @@ use aws_sdk_dynamodb::Client;
 
 use crate::backoff::{retry, Attempts, Backoff};
 use crate::error::{AwsError, Error, Result};
+use crate::migration::Attrs;
 use crate::report::{Counts, Outcome, Report};
 
 /// Default state table name.
@@ -319,40 +320,17 @@ impl Ledger {
     /// # Errors
     /// When the ledger cannot be read or holds entries from an incompatible version.
     pub async fn entries(&self, table: &str) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :p")
-                .expression_attribute_values(":p", AttributeValue::S(partition(table)))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await;
-            let page = match page {
-                Ok(p) => p,
-                Err(e) => {
-                    let e = AwsError::from_sdk(e);
-                    if e.code.as_deref() == Some("ResourceNotFoundException") {
-                        return Ok(out);
-                    }
-                    return Err(Error::aws(
-                        format!("reading the ledger in state table {}", self.table),
-                        e,
-                    ));
-                }
-            };
-            for item in page.items() {
-                out.push(self.decode(item)?);
-            }
-            start = page.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() {
-                return Ok(out);
-            }
-        }
+        query_state(&self.client, &self.table, &partition(table))
+            .await
+            .map_err(|e| {
+                Error::aws(
+                    format!("reading the ledger in state table {}", self.table),
+                    e,
+                )
+            })?
+            .iter()
+            .map(|item| self.decode(item))
+            .collect()
     }
 
     fn base(&self, table: &str, migration: &str) -> HashMap<String, AttributeValue> {
@@ -365,22 +343,15 @@ impl Ledger {
         ])
     }
 
-    async fn put(&self, item: HashMap<String, AttributeValue>) -> Result<()> {
-        retry(&Backoff::default(), &mut Attempts::default(), || {
-            let req = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item.clone()));
-            async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
-        })
-        .await
-        .map_err(|e| {
-            Error::aws(
-                format!("writing the ledger in state table {}", self.table),
-                e,
-            )
-        })
+    async fn put(&self, item: Attrs) -> Result<()> {
+        put_state(&self.client, &self.table, item)
+            .await
+            .map_err(|e| {
+                Error::aws(
+                    format!("writing the ledger in state table {}", self.table),
+                    e,
+                )
+            })
     }
 
     fn decode(&self, item: &HashMap<String, AttributeValue>) -> Result<Entry> {
@@ -432,6 +403,57 @@ impl Ledger {
             schema: get_s("schema"),
             runs: get_n("runs"),
         })
+    }
+}
+
+/// Writes one state-table item, retrying throttling and transient faults.
+/// Shared by the ledger and the checkpoints: both live in the state table.
+pub(crate) async fn put_state(
+    client: &Client,
+    state_table: &str,
+    item: Attrs,
+) -> std::result::Result<(), AwsError> {
+    retry(&Backoff::default(), &mut Attempts::default(), || {
+        let req = client
+            .put_item()
+            .table_name(state_table)
+            .set_item(Some(item.clone()));
+        async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+    })
+    .await
+}
+
+/// Every item of one state-table partition, strongly consistent, retried,
+/// all pages. A missing state table reads as an empty partition.
+pub(crate) async fn query_state(
+    client: &Client,
+    state_table: &str,
+    pk: &str,
+) -> std::result::Result<Vec<Attrs>, AwsError> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = retry(&Backoff::default(), &mut Attempts::default(), || {
+            let req = client
+                .query()
+                .table_name(state_table)
+                .key_condition_expression("pk = :p")
+                .expression_attribute_values(":p", AttributeValue::S(pk.to_owned()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.clone());
+            async move { req.send().await.map_err(AwsError::from_sdk) }
+        })
+        .await;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) if e.code.as_deref() == Some("ResourceNotFoundException") => return Ok(items),
+            Err(e) => return Err(e),
+        };
+        items.extend(page.items.unwrap_or_default());
+        start = page.last_evaluated_key.filter(|k| !k.is_empty());
+        if start.is_none() {
+            return Ok(items);
+        }
     }
 }
 

@@ -413,7 +413,8 @@ pub fn item_size(item: &crate::migration::Attrs) -> usize {
     item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
 }
 
-fn value_size(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
+/// One attribute value's size as DynamoDB bills it.
+pub fn value_size(v: &aws_sdk_dynamodb::types::AttributeValue) -> usize {
     use aws_sdk_dynamodb::types::AttributeValue as V;
     match v {
         V::S(s) => s.len(),

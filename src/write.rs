@@ -15,7 +15,7 @@ use crate::backoff::{retry, Attempts, Backoff};
 use crate::deadletter::value_json;
 use crate::diff::{self, Expr, Planned};
 use crate::error::{AwsError, Class, Error};
-use crate::limiter::{item_size, read_units, write_units, Budgets};
+use crate::limiter::{item_size, read_units, value_size, write_units, Budgets};
 use crate::migration::{Attrs, Change, Item, Migration};
 use crate::report::{Sample, SampleChange, Stats};
 
@@ -94,22 +94,26 @@ impl Writer {
                 Ok(p) => p,
                 Err(e) => return Ok(ItemOutcome::Failed(e.to_string())),
             };
-            let key = diff::key_of(&self.keys, &attrs_now);
-            match &planned {
-                Planned::Unchanged => return Ok(ItemOutcome::Unchanged),
-                Planned::Update(e) => self
-                    .stats
-                    .offer_sample(|| sample_update(&key, &attrs_now, &change, e)),
-                Planned::Delete(_) => self.stats.offer_sample(|| Sample {
-                    key: crate::deadletter::to_json(&key).to_string(),
-                    change: SampleChange::Delete,
-                }),
+            if planned == Planned::Unchanged {
+                return Ok(ItemOutcome::Unchanged);
             }
+            let key = diff::key_of(&self.keys, &attrs_now);
             if self.dry_run {
-                let units = write_units(item_size(&attrs_now)) * 1000.0;
+                // Samples and the write estimate are for the dry-run report.
+                match &planned {
+                    Planned::Update(e) => self
+                        .stats
+                        .offer_sample(|| sample_update(&key, &attrs_now, &change, e)),
+                    Planned::Delete(_) => self.stats.offer_sample(|| Sample {
+                        key: crate::deadletter::to_json(&key).to_string(),
+                        change: SampleChange::Delete,
+                    }),
+                    Planned::Unchanged => {}
+                }
+                let milli = write_estimate(&attrs_now, &planned) * 1000.0;
                 self.stats
                     .write_estimate_milli
-                    .fetch_add(units as u64, std::sync::atomic::Ordering::Relaxed);
+                    .fetch_add(milli as u64, std::sync::atomic::Ordering::Relaxed);
                 return Ok(match planned {
                     Planned::Delete(_) => ItemOutcome::Deleted,
                     _ => ItemOutcome::Updated,
@@ -170,23 +174,7 @@ impl Writer {
     async fn send(&self, key: &Attrs, old: &Attrs, planned: &Planned) -> Result<(), AwsError> {
         let mut attempts = Attempts::default();
         // UpdateItem is billed on the larger of the item before and after.
-        let old_size = item_size(old);
-        let estimate = match planned {
-            Planned::Update(e) => {
-                let added: usize = e
-                    .values
-                    .values()
-                    .map(|v| {
-                        let mut m = HashMap::new();
-                        m.insert(String::new(), v.clone());
-                        item_size(&m)
-                    })
-                    .sum();
-                // An upper bound: the item as it was plus every value set.
-                write_units(old_size + added)
-            }
-            _ => write_units(old_size),
-        };
+        let estimate = write_estimate(old, planned);
         let r = match planned {
             Planned::Unchanged => Ok(()),
             Planned::Update(e) => retry(&self.backoff, &mut attempts, || {
@@ -287,6 +275,17 @@ impl Writer {
             .transient
             .fetch_add(attempts.transient.into(), Relaxed);
     }
+}
+
+/// Write units a planned write will cost at most. UpdateItem is billed on the
+/// larger of the item before and after: the item as it was plus every value
+/// set is an upper bound; the difference comes back as credit.
+fn write_estimate(old: &Attrs, planned: &Planned) -> f64 {
+    let added: usize = match planned {
+        Planned::Update(e) => e.values.values().map(value_size).sum(),
+        _ => 0,
+    };
+    write_units(item_size(old) + added)
 }
 
 fn non_empty(values: &HashMap<String, AttributeValue>) -> Option<HashMap<String, AttributeValue>> {

@@ -8,36 +8,13 @@ mod proxy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::report::{Outcome, Report};
 use dynbulk::run::{self, Limit, Limits, Plan};
-use dynbulk::sample::{self, KeyShape};
 use proxy::{Config, Faults, Kind, Proxy};
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use tokio_util::sync::CancellationToken;
-
-/// Items of 500 to 900 bytes: each write costs one WCU, so unit charges are
-/// fine-grained against the limits below.
-async fn small_items_table(prefix: &str, n: u64, seed: u64) -> (TestTable, Vec<Attrs>) {
-    let client = client();
-    let table = TestTable::named(prefix);
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let items: Vec<Attrs> = (0..n)
-        .map(|i| {
-            let mut item = sample::item(KeyShape::Composite, i, n, &mut rng);
-            let len = rng.random_range(400..800);
-            item.insert("notes".into(), AttributeValue::S("n".repeat(len)));
-            item
-        })
-        .collect();
-    sample::put_all(&client, &table.name, &items).await.unwrap();
-    (table, items)
-}
 
 async fn run_through(
     proxy: &Proxy,
@@ -62,19 +39,6 @@ async fn run_through(
     )
     .await
     .unwrap()
-}
-
-async fn assert_migrated(table: &str, items: &[Attrs]) {
-    let after = read_all(&client(), table).await;
-    assert_eq!(after.len(), items.len());
-    for before in items {
-        let key = key_string(before);
-        assert_eq!(
-            after.get(&key),
-            Some(&expected_after_example(before)),
-            "{key}"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

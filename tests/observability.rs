@@ -8,11 +8,8 @@ mod proxy;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
-use dynbulk::sample::{self, KeyShape};
 use proxy::{Config, Faults, Proxy};
-use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 const MIGRATION: &str = "20241220_add_status_category_fields";
@@ -23,27 +20,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-async fn small_items_table(prefix: &str, n: u64, seed: u64) -> (TestTable, Vec<Attrs>) {
-    let client = client();
-    let table = TestTable::named(prefix);
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let items: Vec<Attrs> = (0..n)
-        .map(|i| {
-            let mut item = sample::item(KeyShape::Composite, i, n, &mut rng);
-            item.insert(
-                "notes".into(),
-                AttributeValue::S("n".repeat(rng.random_range(400..800))),
-            );
-            item
-        })
-        .collect();
-    sample::put_all(&client, &table.name, &items).await.unwrap();
-    (table, items)
 }
 
 /// A Prometheus server (Debian's `prometheus`, installed by scripts/test.sh)

@@ -11,44 +11,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
 use dynbulk::ledger::Ledger;
-use dynbulk::sample::{self, KeyShape};
 use proxy::{Config, Kind, Proxy};
 use rand::{Rng, SeedableRng};
 
 const MIGRATION: &str = "20241220_add_status_category_fields";
-
-/// Items of 500-900 bytes (one write unit each).
-async fn small_items_table(prefix: &str, n: u64, seed: u64) -> (TestTable, Vec<Attrs>) {
-    let client = client();
-    let table = TestTable::named(prefix);
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let items: Vec<Attrs> = (0..n)
-        .map(|i| {
-            let mut item = sample::item(KeyShape::Composite, i, n, &mut rng);
-            let len = rng.random_range(400..800);
-            item.insert("notes".into(), AttributeValue::S("n".repeat(len)));
-            item
-        })
-        .collect();
-    sample::put_all(&client, &table.name, &items).await.unwrap();
-    (table, items)
-}
-
-async fn assert_migrated(table: &str, items: &[Attrs]) {
-    let after = read_all(&client(), table).await;
-    assert_eq!(after.len(), items.len());
-    for before in items {
-        let key = key_string(before);
-        assert_eq!(
-            after.get(&key),
-            Some(&expected_after_example(before)),
-            "{key}"
-        );
-    }
-}
 
 fn spawn(args: &[&str]) -> Child {
     dynbulk()

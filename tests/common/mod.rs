@@ -165,6 +165,45 @@ pub fn expected_after_example(before: &Attrs) -> Attrs {
     after
 }
 
+/// A new table of `n` generated orders whose notes are 400-800 bytes, so each
+/// write costs one WCU and unit charges are fine-grained against limits.
+pub async fn small_items_table(prefix: &str, n: u64, seed: u64) -> (TestTable, Vec<Attrs>) {
+    use rand::SeedableRng;
+    let client = client();
+    let table = TestTable::named(prefix);
+    dynbulk::sample::create_table(&client, &table.name, dynbulk::sample::KeyShape::Composite)
+        .await
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let items: Vec<Attrs> = (0..n)
+        .map(|i| {
+            let mut item =
+                dynbulk::sample::item(dynbulk::sample::KeyShape::Composite, i, n, &mut rng);
+            let len = rng.random_range(400..800);
+            item.insert("notes".into(), AttributeValue::S("n".repeat(len)));
+            item
+        })
+        .collect();
+    dynbulk::sample::put_all(&client, &table.name, &items)
+        .await
+        .unwrap();
+    (table, items)
+}
+
+/// Every item of `table` is exactly what the example migration makes of `items`.
+pub async fn assert_migrated(table: &str, items: &[Attrs]) {
+    let after = read_all(&client(), table).await;
+    assert_eq!(after.len(), items.len());
+    for before in items {
+        let key = key_string(before);
+        assert_eq!(
+            after.get(&key),
+            Some(&expected_after_example(before)),
+            "{key}"
+        );
+    }
+}
+
 /// Parses `  label: N` from a report printed by the binary.
 pub fn count(output: &str, label: &str) -> u64 {
     output

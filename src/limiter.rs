@@ -21,13 +21,66 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use crate::error::{AwsError, Class};
 use crate::metrics;
 
-/// Governor counts whole cells; one cell is a thousandth of a capacity unit so
-/// that half-unit reads are charged exactly.
+/// Consumed units are counted in thousandths, so half-unit reads add up exactly.
 const MILLI: f64 = 1000.0;
 
 /// Share of the ceiling that may be spent at once (the bucket's burst). Small,
 /// so that any 10-second window stays within 5% of the ceiling.
 const BURST_SHARE: f64 = 0.1;
+
+/// How a ceiling maps onto governor's bucket, which counts whole cells and
+/// replenishes one cell per whole number of nanoseconds.
+///
+/// A fixed cell of a thousandth of a unit breaks at high ceilings: at 700k
+/// units/s the period is 1.43 ns, rounded to 1 ns (43% over the ceiling), and
+/// above 2M units/s it rounds to 0 (governor refuses it). So the cell grows with
+/// the ceiling: a thousandth of a unit (half-unit reads charged exactly) while
+/// that keeps the period at or above one microsecond, else whatever size makes
+/// the period exactly one microsecond. A period of at least 1000 ns is off by
+/// at most 0.5 ns from its exact value: the effective rate is within 0.05% of
+/// the ceiling at every ceiling the CLI accepts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cells {
+    /// Capacity units one cell stands for.
+    pub unit: f64,
+    /// Time governor takes to replenish one cell.
+    pub period: Duration,
+    /// Cells the bucket holds: the largest charge it takes at once.
+    pub burst: u32,
+}
+
+impl Cells {
+    /// The finest cell: a thousandth of a unit.
+    pub const FINEST: f64 = 0.001;
+    /// Most cells replenished per second: one per microsecond.
+    pub const MAX_PER_SEC: f64 = 1e6;
+
+    /// The cells for a ceiling of `ceiling` units per second (positive).
+    pub fn for_ceiling(ceiling: f64) -> Cells {
+        let unit = (ceiling / Self::MAX_PER_SEC).max(Self::FINEST);
+        let period = Duration::from_secs_f64(unit / ceiling);
+        let burst_units = (ceiling * BURST_SHARE).max(1.0);
+        let burst = (burst_units / unit).round().clamp(1.0, f64::from(u32::MAX)) as u32;
+        Cells {
+            unit,
+            period: period.max(Duration::from_nanos(1)),
+            burst,
+        }
+    }
+
+    /// The governor quota these cells describe.
+    pub fn quota(&self) -> Quota {
+        Quota::with_period(self.period)
+            .expect("period is at least 1 ns")
+            .allow_burst(NonZeroU32::new(self.burst).expect("burst is at least 1"))
+    }
+
+    /// The rate governor will really enforce, units per second.
+    pub fn effective_rate(&self) -> f64 {
+        let ns = self.period.as_nanos() as f64;
+        self.unit * 1e9 / ns
+    }
+}
 
 /// The adaptive working rate: pure logic, no I/O, driven by explicit times.
 ///
@@ -132,7 +185,7 @@ pub struct Budget {
     created: Instant,
     ceiling: Option<f64>,
     limiter: Option<DefaultDirectRateLimiter>,
-    burst_milli: u32,
+    cells: Option<Cells>,
     state: Mutex<State>,
     consumed_milli: AtomicU64,
     throttles: AtomicU64,
@@ -164,23 +217,13 @@ impl Budget {
     pub fn new(ceiling: Option<f64>) -> Self {
         let now = Instant::now();
         let ceiling = ceiling.filter(|c| *c > 0.0);
-        let (limiter, burst_milli) = match ceiling {
-            Some(c) => {
-                let per_sec = ((c * MILLI).round() as u32).max(1);
-                let burst = (((c * BURST_SHARE).max(1.0) * MILLI).round() as u32).max(1);
-                let period = Duration::from_secs_f64(1.0 / f64::from(per_sec));
-                let quota = Quota::with_period(period)
-                    .expect("period is positive")
-                    .allow_burst(NonZeroU32::new(burst).expect("burst is at least 1"));
-                (Some(RateLimiter::direct(quota)), burst)
-            }
-            None => (None, 0),
-        };
+        let cells = ceiling.map(Cells::for_ceiling);
+        let limiter = cells.map(|c| RateLimiter::direct(c.quota()));
         Budget {
             created: now,
             ceiling,
             limiter,
-            burst_milli,
+            cells,
             state: Mutex::new(State {
                 controller: ceiling.map(|c| Controller::new(c, now)),
                 balance: 0.0,
@@ -214,9 +257,7 @@ impl Budget {
 
     /// The burst: the largest charge the bucket can take at once, in units.
     pub fn burst(&self) -> Option<f64> {
-        self.limiter
-            .as_ref()
-            .map(|_| f64::from(self.burst_milli) / MILLI)
+        self.cells.map(|c| f64::from(c.burst) * c.unit)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -224,9 +265,9 @@ impl Budget {
     }
 
     /// Waits until `estimate` units may be spent at the working rate. Returns
-    /// the governor cells (thousandths of a unit, scaled by ceiling/rate) taken.
+    /// the governor cells (of [`Cells::unit`] each, scaled by ceiling/rate) taken.
     pub async fn acquire(&self, estimate: f64) -> u64 {
-        let Some(limiter) = &self.limiter else {
+        let (Some(limiter), Some(size)) = (&self.limiter, self.cells) else {
             return 0;
         };
         let cells = {
@@ -238,13 +279,17 @@ impl Budget {
             if need <= 0.0 {
                 return 0;
             }
-            (need * scale * MILLI).ceil() as u64
+            let cells = (need * scale / size.unit).ceil();
+            // A cell can stand for many units at high ceilings: what the last
+            // cell covers beyond `need` is credit, not lost.
+            st.balance += cells * size.unit / scale - need;
+            cells as u64
         };
         // Charges larger than the burst are taken in burst-sized steps
         // (governor refuses a single charge above its burst: InsufficientCapacity).
         let mut left = cells;
         while left > 0 {
-            let step = left.min(u64::from(self.burst_milli)) as u32;
+            let step = left.min(u64::from(size.burst)) as u32;
             let n = NonZeroU32::new(step).expect("step is positive");
             if limiter.until_n_ready(n).await.is_err() {
                 // Cannot happen: step <= burst. Fail open rather than hang.
@@ -574,6 +619,77 @@ mod tests {
         assert_eq!(read_units(4096, true), 1.0);
         assert_eq!(read_units(4097, true), 2.0);
         assert_eq!(read_units(100, false), 0.5);
+    }
+
+    /// Every ceiling from 1 unit/s to the CLI's maximum gets a period of at
+    /// least a microsecond and an enforced rate within 0.1% of the ceiling.
+    #[test]
+    fn cells_keep_the_enforced_rate_at_the_ceiling_up_to_the_cli_maximum() {
+        let mut ceilings: Vec<f64> = vec![1.0, 3.0, 500.0, 999.0, 1001.0, 700_000.0];
+        ceilings.extend((0..=1000).map(|i| 1.0 + i as f64 * 9_999.999));
+        ceilings.extend([2_000_000.0, 9_999_999.0, 10_000_000.0]);
+        for c in ceilings {
+            let cells = Cells::for_ceiling(c);
+            assert!(cells.period >= Duration::from_micros(1) || cells.unit == Cells::FINEST);
+            let err = (cells.effective_rate() - c).abs() / c;
+            assert!(
+                err < 0.001,
+                "ceiling {c}: enforced {}",
+                cells.effective_rate()
+            );
+            let burst = f64::from(cells.burst) * cells.unit;
+            assert!(
+                (burst - (c * BURST_SHARE).max(1.0)).abs() <= cells.unit,
+                "{c}"
+            );
+            Budget::new(Some(c));
+        }
+    }
+
+    /// Drives governor itself on a fake clock for 10 s: what it admits is the
+    /// ceiling, within 0.5%, at low and at very high ceilings.
+    #[test]
+    fn governor_admits_the_ceiling_on_a_fake_clock() {
+        use governor::clock::FakeRelativeClock;
+        for c in [1.0, 500.0, 700_000.0, 2_000_000.0, 10_000_000.0] {
+            let cells = Cells::for_ceiling(c);
+            let clock = FakeRelativeClock::default();
+            let limiter = RateLimiter::direct_with_clock(cells.quota(), clock.clone());
+            let drain = || {
+                let mut taken = 0u64;
+                let mut n = cells.burst;
+                while n > 0 {
+                    match limiter.check_n(NonZeroU32::new(n).unwrap()) {
+                        Ok(Ok(())) => taken += u64::from(n),
+                        _ => n /= 2,
+                    }
+                }
+                taken
+            };
+            drain(); // the initial burst
+            let (step, steps) = (Duration::from_millis(50), 200);
+            let mut taken = 0;
+            for _ in 0..steps {
+                clock.advance(step);
+                taken += drain();
+            }
+            let rate = taken as f64 * cells.unit / (step.as_secs_f64() * f64::from(steps));
+            assert!(
+                (rate - c).abs() / c < 0.005,
+                "ceiling {c}/s: governor admitted {rate}/s"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_charge_smaller_than_a_cell_is_carried_as_credit() {
+        // 10M units/s: a cell is 10 units; ten 1-unit charges take one cell.
+        let b = Budget::new(Some(10_000_000.0));
+        let taken: u64 = futures::future::join_all((0..10).map(|_| b.acquire(1.0)))
+            .await
+            .into_iter()
+            .sum();
+        assert_eq!(taken, 1);
     }
 
     #[tokio::test]

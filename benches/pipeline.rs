@@ -75,6 +75,7 @@ async fn one_pass(
         stats: stats.clone(),
         projection: None,
         budgets: budgets.clone(),
+        guard: Default::default(),
     });
     let pool = Arc::new(Pool {
         writer,

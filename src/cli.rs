@@ -139,6 +139,10 @@ pub struct RunArgs {
     /// Do not ask for confirmation (for --restart in scripts).
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// A number attribute the application uses for optimistic locking: every
+    /// write is conditioned on it and increments it (overrides the migration's own).
+    #[arg(long, value_name = "NAME")]
+    pub version_attribute: Option<String>,
 
     /// Parallel scan segments (DynamoDB TotalSegments), 1 to 1000000.
     #[arg(long, default_value_t = 4, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Throughput")]
@@ -237,6 +241,7 @@ impl RunArgs {
             backoff: Default::default(),
             limits: self.limits(),
             restart: self.restart,
+            version_attribute: self.version_attribute.clone(),
         }
     }
 }
@@ -281,5 +286,14 @@ mod tests {
         assert!(Cli::try_parse_from(["dynbulk", "run", "--segments", "0"]).is_err());
         assert!(Cli::try_parse_from(["dynbulk", "run", "--segments", "1000001"]).is_err());
         assert!(Cli::try_parse_from(["dynbulk", "run", "--segments", "1000000"]).is_ok());
+    }
+
+    #[test]
+    fn version_attribute_flag_reaches_the_plan() {
+        let cli = Cli::try_parse_from(["dynbulk", "run", "--version-attribute", "rev"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.plan().version_attribute.as_deref(), Some("rev"));
     }
 }

@@ -6,6 +6,11 @@
 //! was absent) and the item to still exist. If the application wrote any of
 //! those attributes in between, DynamoDB rejects the write with
 //! ConditionalCheckFailed and the writer re-reads and re-applies.
+//!
+//! A [`Guard`] adds what is not tied to the transform's reads: the
+//! migration's version attribute (conditioned on and incremented by every
+//! write) and the scan filter (every write requires the item to still match
+//! it).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -47,24 +52,109 @@ pub enum PlanError {
     /// The transform tried to set or remove a key attribute.
     #[error("the transform changes key attribute {0:?}; key attributes cannot be updated (delete and re-create the item in a migration of its own)")]
     KeyChange(String),
+    /// The transform tried to set or remove the version attribute.
+    #[error("the transform changes the version attribute {0:?}; dynbulk increments it on every write and the transform must leave it alone")]
+    VersionChange(String),
+    /// The version attribute holds something other than a number.
+    #[error("the version attribute {0:?} is not a number on this item; it cannot be incremented")]
+    VersionNotNumber(String),
+}
+
+/// What every write is conditioned on besides the attributes the transform
+/// read or wrote.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Guard {
+    /// The optimistic-locking version attribute: every write requires it to
+    /// hold its scanned value (or to be absent, if it was) and increments it.
+    pub version: Option<String>,
+    /// The scan's filter: every write requires the item to still match it.
+    pub filter: Option<Filter>,
+}
+
+/// A filter expression with its placeholders, renamed so that they cannot
+/// collide with the `#nN`/`:vN` placeholders of a planned write.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// The expression, e.g. `#dynbulk_f_s = :dynbulk_f_p`.
+    pub expr: String,
+    /// Name placeholders of `expr`.
+    pub names: HashMap<String, String>,
+    /// Value placeholders of `expr`.
+    pub values: HashMap<String, AttributeValue>,
+}
+
+impl Filter {
+    /// The filter of a migration's scan options, its placeholders renamed
+    /// (`#s` -> `#dynbulk_f_s`, `:v` -> `:dynbulk_f_v`). DynamoDB expressions
+    /// have no string literals (values are always placeholders), so every
+    /// `#word`/`:word` token is a placeholder.
+    pub fn new(
+        expr: &str,
+        names: &HashMap<String, String>,
+        values: &HashMap<String, AttributeValue>,
+    ) -> Self {
+        Filter {
+            expr: rename_placeholders(expr),
+            names: names
+                .iter()
+                .map(|(k, v)| (rename_placeholders(k), v.clone()))
+                .collect(),
+            values: values
+                .iter()
+                .map(|(k, v)| (rename_placeholders(k), v.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Prefix given to a filter's placeholders in write conditions.
+const FILTER_PREFIX: &str = "dynbulk_f_";
+
+fn rename_placeholders(expr: &str) -> String {
+    let mut out = String::with_capacity(expr.len() + 16);
+    let mut chars = expr.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if (c == '#' || c == ':')
+            && chars
+                .peek()
+                .is_some_and(|n| n.is_ascii_alphanumeric() || *n == '_')
+        {
+            out.push_str(FILTER_PREFIX);
+        }
+    }
+    out
 }
 
 /// Plans the write for `change` on an item scanned as `old`, given the table's
-/// key attribute names and the attributes the transform read.
+/// key attribute names, the attributes the transform read and the guard.
 ///
 /// # Errors
-/// [`PlanError::KeyChange`] when the change touches a key attribute with a new value.
+/// [`PlanError::KeyChange`] when the change touches a key attribute with a
+/// new value; [`PlanError::VersionChange`] / [`PlanError::VersionNotNumber`]
+/// when the version attribute cannot be incremented.
 pub fn plan(
     keys: &[String],
     old: &Attrs,
     read: &BTreeSet<String>,
     change: &Change,
+    guard: &Guard,
 ) -> Result<Planned, PlanError> {
+    let version = guard.version.as_ref();
+    if !matches!(change, Change::Keep) {
+        if let Some(v) = version {
+            if old.get(v).is_some_and(|value| value.as_n().is_err()) {
+                return Err(PlanError::VersionNotNumber(v.clone()));
+            }
+        }
+    }
     match change {
         Change::Keep => Ok(Planned::Unchanged),
         Change::Delete => {
             let mut b = Builder::default();
-            b.condition(keys, old, read.iter());
+            let guarded: BTreeSet<&String> = read.iter().chain(version).collect();
+            b.condition(keys, old, guarded.into_iter());
+            b.filter(guard.filter.as_ref());
             Ok(Planned::Delete(b.finish()))
         }
         Change::Update(update) => {
@@ -72,6 +162,9 @@ pub fn plan(
             for name in effective.names() {
                 if keys.iter().any(|k| k == name) {
                     return Err(PlanError::KeyChange(name.clone()));
+                }
+                if version == Some(name) {
+                    return Err(PlanError::VersionChange(name.clone()));
                 }
             }
             if effective.is_empty() {
@@ -102,8 +195,19 @@ pub fn plan(
                 update_expr.push_str("REMOVE ");
                 update_expr.push_str(&removes.join(", "));
             }
-            let guarded: BTreeSet<&String> = read.iter().chain(effective.names()).collect();
+            if let Some(v) = version {
+                // ADD treats an absent attribute as 0.
+                let n = b.name(v);
+                let one = b.value(AttributeValue::N("1".into()));
+                update_expr.push_str(&format!(" ADD {n} {one}"));
+            }
+            let guarded: BTreeSet<&String> = read
+                .iter()
+                .chain(effective.names())
+                .chain(version)
+                .collect();
             b.condition(keys, old, guarded.into_iter());
+            b.filter(guard.filter.as_ref());
             let mut expr = b.finish();
             expr.update = update_expr;
             Ok(Planned::Update(expr))
@@ -248,6 +352,15 @@ impl Builder {
         }
     }
 
+    /// The item must still match the scan filter.
+    fn filter(&mut self, filter: Option<&Filter>) {
+        if let Some(f) = filter {
+            self.conditions.push(format!("({})", f.expr));
+            self.names.extend(f.names.clone());
+            self.values.extend(f.values.clone());
+        }
+    }
+
     fn finish(self) -> Expr {
         Expr {
             update: String::new(),
@@ -294,7 +407,8 @@ mod tests {
                 .set("statusCategory", "active")
                 .set("status", "pending"),
         );
-        let Planned::Update(e) = plan(&keys(), &item(), &read, &change).unwrap() else {
+        let Planned::Update(e) = plan(&keys(), &item(), &read, &change, &Guard::default()).unwrap()
+        else {
             panic!("expected an update")
         };
         assert_eq!(e.changed, vec!["statusCategory".to_string()]);
@@ -312,7 +426,14 @@ mod tests {
     fn an_update_that_changes_nothing_is_unchanged() {
         let change = Change::Update(Update::new().set("status", "pending").remove("absent"));
         assert_eq!(
-            plan(&keys(), &item(), &BTreeSet::new(), &change).unwrap(),
+            plan(
+                &keys(),
+                &item(),
+                &BTreeSet::new(),
+                &change,
+                &Guard::default()
+            )
+            .unwrap(),
             Planned::Unchanged
         );
     }
@@ -321,13 +442,19 @@ mod tests {
     fn changing_a_key_is_refused() {
         let change = Change::Update(Update::new().set("sk", "2"));
         assert_eq!(
-            plan(&keys(), &item(), &BTreeSet::new(), &change),
+            plan(
+                &keys(),
+                &item(),
+                &BTreeSet::new(),
+                &change,
+                &Guard::default()
+            ),
             Err(PlanError::KeyChange("sk".into()))
         );
         // Setting a key to the value it has is harmless and allowed.
         let same = Change::Update(Update::new().set("sk", "1"));
         assert_eq!(
-            plan(&keys(), &item(), &BTreeSet::new(), &same).unwrap(),
+            plan(&keys(), &item(), &BTreeSet::new(), &same, &Guard::default()).unwrap(),
             Planned::Unchanged
         );
     }
@@ -335,7 +462,9 @@ mod tests {
     #[test]
     fn deletes_are_conditional_on_what_was_read() {
         let read = BTreeSet::from(["status".to_string()]);
-        let Planned::Delete(e) = plan(&keys(), &item(), &read, &Change::Delete).unwrap() else {
+        let Planned::Delete(e) =
+            plan(&keys(), &item(), &read, &Change::Delete, &Guard::default()).unwrap()
+        else {
             panic!("expected a delete")
         };
         assert_eq!(e.condition, "attribute_exists(#n0) AND #n1 = :v0");
@@ -355,15 +484,71 @@ mod tests {
         old.insert("total".into(), n("10"));
         let change = Change::Update(Update::new().set("total", AttributeValue::N("10.00".into())));
         assert_eq!(
-            plan(&keys(), &old, &BTreeSet::new(), &change).unwrap(),
+            plan(&keys(), &old, &BTreeSet::new(), &change, &Guard::default()).unwrap(),
             Planned::Unchanged
+        );
+    }
+
+    #[test]
+    fn the_version_attribute_is_conditioned_on_and_incremented() {
+        let guard = Guard {
+            version: Some("version".into()),
+            filter: None,
+        };
+        let mut old = item();
+        old.insert("version".into(), AttributeValue::N("7".into()));
+        let change = Change::Update(Update::new().set("x", "1"));
+        let Planned::Update(e) = plan(&keys(), &old, &BTreeSet::new(), &change, &guard).unwrap()
+        else {
+            panic!("expected an update")
+        };
+        assert_eq!(e.update, "SET #n0 = :v0 ADD #n1 :v1");
+        assert_eq!(e.names["#n1"], "version");
+        assert_eq!(e.values[":v1"], AttributeValue::N("1".into()));
+        assert_eq!(
+            e.condition,
+            "attribute_exists(#n2) AND #n1 = :v2 AND attribute_not_exists(#n0)"
+        );
+        assert_eq!(e.values[":v2"], AttributeValue::N("7".into()));
+        // Absent: the write requires it still absent (ADD starts it at 1).
+        let Planned::Delete(e) =
+            plan(&keys(), &item(), &BTreeSet::new(), &Change::Delete, &guard).unwrap()
+        else {
+            panic!("expected a delete")
+        };
+        assert_eq!(
+            e.condition,
+            "attribute_exists(#n0) AND attribute_not_exists(#n1)"
+        );
+        // Nothing to write: the version is not bumped.
+        assert_eq!(
+            plan(&keys(), &old, &BTreeSet::new(), &Change::Keep, &guard).unwrap(),
+            Planned::Unchanged
+        );
+        // The transform may not set it; it must be a number.
+        let set_version = Change::Update(Update::new().set("version", 8));
+        assert_eq!(
+            plan(&keys(), &old, &BTreeSet::new(), &set_version, &guard),
+            Err(PlanError::VersionChange("version".into()))
+        );
+        old.insert("version".into(), s("seven"));
+        assert_eq!(
+            plan(&keys(), &old, &BTreeSet::new(), &change, &guard),
+            Err(PlanError::VersionNotNumber("version".into()))
         );
     }
 
     #[test]
     fn remove_produces_remove_clause() {
         let change = Change::Update(Update::new().remove("status").set("x", "1"));
-        let Planned::Update(e) = plan(&keys(), &item(), &BTreeSet::new(), &change).unwrap() else {
+        let Planned::Update(e) = plan(
+            &keys(),
+            &item(),
+            &BTreeSet::new(),
+            &change,
+            &Guard::default(),
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(e.update, "SET #n0 = :v0 REMOVE #n1");

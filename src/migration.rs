@@ -37,6 +37,16 @@ pub trait Migration: Send + Sync {
     fn schema_step(&self) -> Option<SchemaStep> {
         None
     }
+    /// A number attribute the application already uses for optimistic
+    /// locking. When set (or given with `--version-attribute`), every update
+    /// and delete is also conditioned on it holding the scanned value (or being
+    /// absent, if it was) and increments it, so any application write that
+    /// bumps the version, including one that only touches attributes the
+    /// transform never read or adds new ones, makes the migration re-read and
+    /// re-apply instead of writing over it.
+    fn version_attribute(&self) -> Option<&str> {
+        None
+    }
     /// Decides what happens to one item. An `Err` sends the item to the
     /// dead-letter file; the run continues.
     fn transform(&self, item: &Item) -> Result<Change, TransformError>;
@@ -258,12 +268,23 @@ impl Item {
             .and_then(|n| n.parse().ok())
     }
 
-    /// All attributes, raw. Counts as reading every attribute, so the write is
-    /// conditioned on the whole item being unchanged.
-    pub fn attrs(&self) -> &Attrs {
+    /// True when the attribute `name` is present. Records the read either way:
+    /// a write planned on "`name` is absent" is conditioned on
+    /// `attribute_not_exists(name)`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The item's attributes through the read tracker: lookups record the name
+    /// looked up (present or not), whole-item access (iteration, `len`)
+    /// records every attribute present.
+    pub fn attrs(&self) -> AttrsView<'_> {
+        AttrsView { item: self }
+    }
+
+    fn note_all(&self) {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         read.extend(self.attrs.keys().cloned());
-        &self.attrs
     }
 
     /// Deserializes the item into `T` with serde_dynamo. The attributes `T`
@@ -290,7 +311,7 @@ impl Item {
         let mut update = Update::new();
         for (name, v) in new {
             if !self
-                .attrs
+                .scanned()
                 .get(&name)
                 .is_some_and(|o| crate::diff::same_value(o, &v))
             {
@@ -306,13 +327,80 @@ impl Item {
     }
 
     /// The scanned attributes, without recording a read (for dynbulk itself).
-    pub fn scanned(&self) -> &Attrs {
+    pub(crate) fn scanned(&self) -> &Attrs {
         &self.attrs
     }
 
     /// Unwraps into the scanned attributes.
     pub fn into_attrs(self) -> Attrs {
         self.attrs
+    }
+}
+
+/// An [`Item`]'s attributes seen through its read tracker, so that every way
+/// of looking at them guards the write.
+///
+/// Lookups ([`get`](Self::get), [`contains_key`](Self::contains_key)) record
+/// the name looked up, also when the attribute is absent: the write then
+/// requires it to still be absent. Whole-item access ([`iter`](Self::iter),
+/// [`keys`](Self::keys), [`len`](Self::len), [`to_attrs`](Self::to_attrs))
+/// records every attribute present, so the write requires each of them to be
+/// unchanged; it **cannot** guard against an attribute the application adds
+/// between the scan and the write (a condition can only name attributes it
+/// knows of). A transform whose decision depends on the whole item should
+/// use a version attribute ([`Migration::version_attribute`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AttrsView<'a> {
+    item: &'a Item,
+}
+
+impl<'a> AttrsView<'a> {
+    /// The attribute `name`, if present. Records the read, present or not.
+    pub fn get(&self, name: &str) -> Option<&'a AttributeValue> {
+        self.item.get(name)
+    }
+
+    /// True when `name` is present. Records the read, present or not.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.item.contains(name)
+    }
+
+    /// Every attribute. Records every attribute present (not ones added later).
+    pub fn iter(&self) -> std::collections::hash_map::Iter<'a, String, AttributeValue> {
+        self.item.note_all();
+        self.item.attrs.iter()
+    }
+
+    /// Every attribute name. Records every attribute present (not ones added later).
+    pub fn keys(&self) -> std::collections::hash_map::Keys<'a, String, AttributeValue> {
+        self.item.note_all();
+        self.item.attrs.keys()
+    }
+
+    /// How many attributes the item has. Records every attribute present.
+    pub fn len(&self) -> usize {
+        self.item.note_all();
+        self.item.attrs.len()
+    }
+
+    /// True when the item has no attributes. Records every attribute present.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of the whole map (e.g. for [`Update::diff`]). Records every
+    /// attribute present (not ones added later).
+    pub fn to_attrs(&self) -> Attrs {
+        self.item.note_all();
+        self.item.attrs.clone()
+    }
+}
+
+impl<'a> IntoIterator for AttrsView<'a> {
+    type Item = (&'a String, &'a AttributeValue);
+    type IntoIter = std::collections::hash_map::Iter<'a, String, AttributeValue>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
     }
 }
 
@@ -347,6 +435,22 @@ mod tests {
         assert_eq!(
             item.read_set(),
             BTreeSet::from(["a".to_string(), "missing".to_string()])
+        );
+    }
+
+    #[test]
+    fn lookups_through_the_view_record_misses_and_iteration_records_all() {
+        let item = Item::new(HashMap::from([("a".into(), s("1")), ("b".into(), s("2"))]));
+        assert!(!item.attrs().contains_key("holdUntil"));
+        assert!(!item.contains("other"));
+        assert_eq!(
+            item.read_set(),
+            BTreeSet::from(["holdUntil".to_string(), "other".to_string()])
+        );
+        assert_eq!(item.attrs().iter().count(), 2);
+        assert_eq!(
+            item.read_set(),
+            BTreeSet::from(["a", "b", "holdUntil", "other"].map(String::from))
         );
     }
 

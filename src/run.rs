@@ -59,6 +59,9 @@ pub struct Plan {
     pub limits: Limits,
     /// Discard an unfinished run's checkpoints and start over.
     pub restart: bool,
+    /// The optimistic-locking version attribute, overriding the migration's
+    /// own ([`Migration::version_attribute`]).
+    pub version_attribute: Option<String>,
 }
 
 /// One capacity limit as the operator gave it.
@@ -103,6 +106,7 @@ impl Default for Plan {
                 write: Limit::Auto,
             },
             restart: false,
+            version_attribute: None,
         }
     }
 }
@@ -797,6 +801,19 @@ struct Pipes {
     starts: Vec<SegmentState>,
 }
 
+/// What every write is conditioned on besides the transform's reads: the
+/// version attribute (the plan's, else the migration's) and the scan filter.
+fn guard(migration: &dyn Migration, plan: &Plan) -> crate::diff::Guard {
+    let version = plan
+        .version_attribute
+        .clone()
+        .or_else(|| migration.version_attribute().map(str::to_owned));
+    crate::diff::Guard {
+        version,
+        filter: None,
+    }
+}
+
 async fn pipeline(
     client: &Client,
     prepared: &Prepared,
@@ -813,7 +830,14 @@ async fn pipeline(
     } = pipes;
     let migration = prepared.migration.clone();
     let info = &prepared.table;
-    let options = migration.scan_options();
+    let guard = guard(migration.as_ref(), plan);
+    let mut options = migration.scan_options();
+    if let (Some(attrs), Some(v)) = (options.projection.as_mut(), guard.version.as_ref()) {
+        // The version attribute is conditioned on: the scan must fetch it.
+        if !attrs.contains(v) {
+            attrs.push(v.clone());
+        }
+    }
     let spec = Arc::new(ScanSpec {
         table: info.name.clone(),
         total_segments: starts.len() as u32,
@@ -835,6 +859,7 @@ async fn pipeline(
         stats: stats.clone(),
         projection,
         budgets: budgets.clone(),
+        guard,
     });
     let pool = Arc::new(Pool {
         writer,

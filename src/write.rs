@@ -55,6 +55,9 @@ pub struct Writer {
     pub projection: Option<(String, HashMap<String, String>)>,
     /// Capacity budgets: writes charge the write budget, re-reads the read budget.
     pub budgets: Arc<Budgets>,
+    /// What every write is conditioned on besides the transform's reads: the
+    /// version attribute and the scan filter.
+    pub guard: diff::Guard,
 }
 
 impl Writer {
@@ -90,7 +93,7 @@ impl Writer {
                      add it to scan_options().projection"
                 )));
             }
-            let planned = match diff::plan(&self.keys, &attrs_now, &read, &change) {
+            let planned = match diff::plan(&self.keys, &attrs_now, &read, &change, &self.guard) {
                 Ok(p) => p,
                 Err(e) => return Ok(ItemOutcome::Failed(e.to_string())),
             };

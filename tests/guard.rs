@@ -1,0 +1,318 @@
+//! The write guard covers every read: an application write that lands between
+//! the scan and the migration's write, on anything the transform looked at
+//! (including a lookup that found nothing), is never overwritten or deleted.
+//!
+//! The race is made deterministic: the migration's transform performs the
+//! application's write itself, through its own client, the first time it sees
+//! a chosen item, i.e. after the scan read the item and before dynbulk writes.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use common::*;
+use dynbulk::migration::{Change, Item, Migration, TransformError, Update};
+use dynbulk::report::Outcome;
+use dynbulk::run::{self, Limit, Limits, Plan};
+use dynbulk::sample::{self, KeyShape};
+use tokio_util::sync::CancellationToken;
+
+fn plan(state: &TestTable) -> Plan {
+    Plan {
+        segments: 2,
+        workers: 2,
+        state_table: state.name.clone(),
+        dead_letter: std::env::temp_dir().join(format!("{}.jsonl", unique("dl"))),
+        limits: Limits {
+            read: Limit::Unlimited,
+            write: Limit::Unlimited,
+        },
+        ..Plan::default()
+    }
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: &str) -> AttributeValue {
+    AttributeValue::N(v.into())
+}
+
+fn key(i: u32) -> Attrs {
+    HashMap::from([
+        ("pk".to_string(), s(&format!("order#{i:03}"))),
+        ("sk".to_string(), s("o")),
+    ])
+}
+
+/// A composite-key table holding `items`.
+async fn table_with(prefix: &str, items: &[Attrs]) -> TestTable {
+    let client = client();
+    let table = TestTable::named(prefix);
+    sample::create_table(&client, &table.name, KeyShape::Composite)
+        .await
+        .unwrap();
+    for item in items {
+        client
+            .put_item()
+            .table_name(&table.name)
+            .set_item(Some(item.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    table
+}
+
+/// An application write, sent from inside a (synchronous) transform: on a
+/// thread of its own with its own runtime, and waited for.
+fn app_update(
+    table: &str,
+    key: Attrs,
+    update: &str,
+    names: &[(&str, &str)],
+    values: &[(&str, AttributeValue)],
+) {
+    let table = table.to_owned();
+    let update = update.to_owned();
+    let names: HashMap<String, String> = names
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let values: HashMap<String, AttributeValue> = values
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            client()
+                .update_item()
+                .table_name(&table)
+                .set_key(Some(key))
+                .update_expression(update)
+                .set_expression_attribute_names(if names.is_empty() { None } else { Some(names) })
+                .set_expression_attribute_values(if values.is_empty() {
+                    None
+                } else {
+                    Some(values)
+                })
+                .send()
+                .await
+                .expect("the application's write");
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+/// Which items the application races, and which it already raced (each once).
+struct Race {
+    table: String,
+    targets: HashSet<String>,
+    done: Mutex<HashSet<String>>,
+}
+
+impl Race {
+    fn new(table: &str, targets: impl IntoIterator<Item = u32>) -> Self {
+        Race {
+            table: table.to_owned(),
+            targets: targets.into_iter().map(|i| key_string(&key(i))).collect(),
+            done: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// True the first time the transform sees a targeted item.
+    fn first_sight(&self, item: &Item) -> Option<Attrs> {
+        let k = HashMap::from([
+            ("pk".to_string(), item.get("pk")?.clone()),
+            ("sk".to_string(), item.get("sk")?.clone()),
+        ]);
+        let name = key_string(&k);
+        (self.targets.contains(&name) && self.done.lock().unwrap().insert(name)).then_some(k)
+    }
+}
+
+/// Deletes orders that are not on hold (have no `holdUntil`).
+struct DeleteUnheld(Arc<Race>);
+
+impl Migration for DeleteUnheld {
+    fn id(&self) -> &'static str {
+        "20260101_delete_unheld"
+    }
+    fn description(&self) -> &'static str {
+        "test migration: delete orders without a hold"
+    }
+    fn transform(&self, item: &Item) -> Result<Change, TransformError> {
+        if item.attrs().contains_key("holdUntil") {
+            return Ok(Change::Keep);
+        }
+        if let Some(k) = self.0.first_sight(item) {
+            // The application puts the order on hold after the scan read it.
+            app_update(
+                &self.0.table,
+                k,
+                "SET holdUntil = :h",
+                &[],
+                &[(":h", s("2030-01-01"))],
+            );
+        }
+        Ok(Change::Delete)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_set_between_scan_and_delete_survives_a_lookup_that_missed() {
+    let state = TestTable::named("state");
+    let items: Vec<Attrs> = (0..40)
+        .map(|i| {
+            let mut item = key(i);
+            if i % 2 == 1 {
+                item.insert("holdUntil".into(), s("2029-01-01"));
+            }
+            item
+        })
+        .collect();
+    let table = table_with("guard-hold", &items).await;
+    // Every fourth order without a hold is put on hold while the migration runs.
+    let raced: Vec<u32> = (0..40).filter(|i| i % 4 == 0).collect();
+    let race = Arc::new(Race::new(&table.name, raced.iter().copied()));
+    let report = run::run(
+        &client(),
+        Arc::new(DeleteUnheld(race.clone())),
+        &table.name,
+        &plan(&state),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Done);
+    assert_eq!(
+        race.done.lock().unwrap().len(),
+        raced.len(),
+        "every race ran"
+    );
+
+    let after = read_all(&client(), &table.name).await;
+    for i in 0..40 {
+        let k = key_string(&key(i));
+        match (i % 2, i % 4) {
+            (1, _) => assert_eq!(after[&k]["holdUntil"], s("2029-01-01"), "{k}"),
+            (_, 0) => assert_eq!(
+                after.get(&k).map(|a| &a["holdUntil"]),
+                Some(&s("2030-01-01")),
+                "{k}: put on hold during the run, it must not be deleted"
+            ),
+            _ => assert!(!after.contains_key(&k), "{k} should be deleted"),
+        }
+    }
+}
+
+/// Counts an order's attributes by reading the whole item; the application
+/// uses `version` for optimistic locking.
+struct CountAttributes(Arc<Race>);
+
+const COUNTED: &str = "attrCount";
+
+impl Migration for CountAttributes {
+    fn id(&self) -> &'static str {
+        "20260101_count_attributes"
+    }
+    fn description(&self) -> &'static str {
+        "test migration: record how many attributes an order has"
+    }
+    fn version_attribute(&self) -> Option<&str> {
+        Some("version")
+    }
+    fn transform(&self, item: &Item) -> Result<Change, TransformError> {
+        let count = item
+            .attrs()
+            .keys()
+            .filter(|k| *k != COUNTED && *k != "version")
+            .count() as i64;
+        if let Some(k) = self.0.first_sight(item) {
+            // The application adds an attribute the transform could not name
+            // in a condition, and bumps the version as it always does.
+            app_update(
+                &self.0.table,
+                k,
+                "SET giftWrap = :t ADD #v :one",
+                &[("#v", "version")],
+                &[(":t", AttributeValue::Bool(true)), (":one", n("1"))],
+            );
+        }
+        Ok(Update::new().set(COUNTED, count).into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_bump_on_an_unread_attribute_makes_the_migration_reapply() {
+    let state = TestTable::named("state");
+    let items: Vec<Attrs> = (0..30)
+        .map(|i| {
+            let mut item = key(i);
+            item.insert("status".into(), s("pending"));
+            // Some orders were never written by the versioned application.
+            if i % 3 != 0 {
+                item.insert("version".into(), n(&format!("{}", i + 10)));
+            }
+            item
+        })
+        .collect();
+    let table = table_with("guard-version", &items).await;
+    let raced: Vec<u32> = (0..30).filter(|i| i % 2 == 0).collect();
+    let race = Arc::new(Race::new(&table.name, raced.iter().copied()));
+    let report = run::run(
+        &client(),
+        Arc::new(CountAttributes(race.clone())),
+        &table.name,
+        &plan(&state),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Done);
+    assert_eq!(
+        race.done.lock().unwrap().len(),
+        raced.len(),
+        "every race ran"
+    );
+
+    let after = read_all(&client(), &table.name).await;
+    let before: BTreeMap<String, &Attrs> = items.iter().map(|i| (key_string(i), i)).collect();
+    for (k, item) in &after {
+        let counted = item
+            .keys()
+            .filter(|a| *a != COUNTED && *a != "version")
+            .count();
+        assert_eq!(
+            item[COUNTED],
+            n(&counted.to_string()),
+            "{k}: the count covers the attribute the application added"
+        );
+        let was: u64 = before[k]
+            .get("version")
+            .map(|v| v.as_n().unwrap().parse().unwrap())
+            .unwrap_or(0);
+        let raced = item.contains_key("giftWrap");
+        let want = was + u64::from(raced) + 1;
+        assert_eq!(
+            item["version"],
+            n(&want.to_string()),
+            "{k}: the migration's write increments the version"
+        );
+    }
+    assert_eq!(
+        after
+            .values()
+            .filter(|i| i.contains_key("giftWrap"))
+            .count(),
+        raced.len()
+    );
+}

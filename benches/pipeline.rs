@@ -76,6 +76,7 @@ async fn one_pass(
         projection: None,
         budgets: budgets.clone(),
         guard: Default::default(),
+        index_keys: vec![],
     });
     let pool = Arc::new(Pool {
         writer,

@@ -75,10 +75,25 @@ pub enum Class {
     Transient,
     /// A conditional write found the item changed since it was read.
     ConditionFailed,
-    /// The request is fine in general but this item cannot be written (too large, ...).
+    /// This item cannot be written (its content breaks a DynamoDB limit): the
+    /// item is dead-lettered and the run goes on.
     Item,
     /// Retrying cannot help: validation, access denied, missing table, bad credentials.
     Fatal,
+}
+
+/// What a failed call was for. The same error means different things for a
+/// data item's write and for dynbulk's own calls: a ValidationException on an
+/// UpdateItem of one item is about that item's content (an empty set, a number
+/// DynamoDB cannot store, an expression over a limit, a GSI key of the wrong
+/// type) and must not stop the run; on a scan or a state-table write it means
+/// the request itself is wrong, and retrying or going on cannot help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// A conditional UpdateItem or DeleteItem of one data item.
+    ItemWrite,
+    /// Everything else: scans, re-reads, DescribeTable, state-table and lock calls.
+    Control,
 }
 
 /// A DynamoDB call's failure, reduced to what classification and messages need.
@@ -126,14 +141,14 @@ impl AwsError {
         }
     }
 
-    /// Which kind of failure this is; see [`classify`].
+    /// Which kind of failure this is for a control call; see [`classify`].
     pub fn class(&self) -> Class {
-        classify(
-            self.code.as_deref(),
-            self.status,
-            &self.message,
-            self.no_response,
-        )
+        self.class_for(Call::Control)
+    }
+
+    /// Which kind of failure this is for a call of kind `call`; see [`classify`].
+    pub fn class_for(&self, call: Call) -> Class {
+        classify(call, self.code.as_deref(), self.status, self.no_response)
     }
 }
 
@@ -186,15 +201,26 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestTimeoutException",
 ];
 
+/// Codes that concern one item's content when they answer a data item's
+/// write. DynamoDB reports most content problems as ValidationException with a
+/// free-text message (empty sets, numbers over 38 digits or out of range,
+/// expressions over 4 KB or 300 operators, index keys of the wrong type, items
+/// over 400 KB), so the code is what counts, never the message; an item
+/// collection over 10 GB (tables with local secondary indexes) has its own code.
+const ITEM_CODES: &[&str] = &[
+    "ValidationException",
+    "ItemCollectionSizeLimitExceededException",
+];
+
 /// Decides what a failed call means. This is the only function that looks at
 /// error codes; it matches on the code string because the typed variants are
 /// missing for errors that come from the AWS front end rather than DynamoDB.
-pub fn classify(
-    code: Option<&str>,
-    status: Option<u16>,
-    message: &str,
-    no_response: bool,
-) -> Class {
+///
+/// A content error on a data item's write is that item's failure ([`Class::Item`]),
+/// whatever DynamoDB's message says; the same code on any other call is fatal.
+/// A request dynbulk itself built wrongly would then dead-letter every item:
+/// `--max-errors` stops that run.
+pub fn classify(call: Call, code: Option<&str>, status: Option<u16>, no_response: bool) -> Class {
     if let Some(code) = code {
         if THROTTLE_CODES.contains(&code) {
             return Class::Throttle;
@@ -205,7 +231,7 @@ pub fn classify(
         if TRANSIENT_CODES.contains(&code) {
             return Class::Transient;
         }
-        if code == "ValidationException" && is_item_validation(message) {
+        if call == Call::ItemWrite && ITEM_CODES.contains(&code) {
             return Class::Item;
         }
     }
@@ -219,20 +245,13 @@ pub fn classify(
     }
 }
 
-/// Validation errors that concern one item's content rather than the request's
-/// shape: the run goes on and the item is dead-lettered.
-fn is_item_validation(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("item size") && m.contains("exceeded")
-        || m.contains("item size to update has exceeded")
-        || m.contains("one or more parameter values were invalid: an attribute value may not contain an empty")
-        || m.contains("empty set")
-        || m.contains("nesting levels")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn control(code: Option<&str>, status: Option<u16>, no_response: bool) -> Class {
+        classify(Call::Control, code, status, no_response)
+    }
 
     #[test]
     fn throttling_codes_are_throttle() {
@@ -242,7 +261,12 @@ mod tests {
             "RequestLimitExceeded",
         ] {
             assert_eq!(
-                classify(Some(code), Some(400), "", false),
+                control(Some(code), Some(400), false),
+                Class::Throttle,
+                "{code}"
+            );
+            assert_eq!(
+                classify(Call::ItemWrite, Some(code), Some(400), false),
                 Class::Throttle,
                 "{code}"
             );
@@ -251,18 +275,15 @@ mod tests {
 
     #[test]
     fn server_errors_and_lost_connections_are_transient() {
-        assert_eq!(classify(None, Some(500), "", false), Class::Transient);
-        assert_eq!(classify(None, Some(503), "", false), Class::Transient);
+        assert_eq!(control(None, Some(500), false), Class::Transient);
+        assert_eq!(control(None, Some(503), false), Class::Transient);
         assert_eq!(
-            classify(Some("InternalServerError"), Some(500), "", false),
+            control(Some("InternalServerError"), Some(500), false),
             Class::Transient
         );
+        assert_eq!(control(None, None, true), Class::Transient);
         assert_eq!(
-            classify(None, None, "connection reset", true),
-            Class::Transient
-        );
-        assert_eq!(
-            classify(Some("TransactionConflictException"), Some(400), "", false),
+            control(Some("TransactionConflictException"), Some(400), false),
             Class::Transient
         );
     }
@@ -270,63 +291,70 @@ mod tests {
     #[test]
     fn request_errors_are_fatal() {
         assert_eq!(
-            classify(
-                Some("ResourceNotFoundException"),
-                Some(400),
-                "Requested resource not found",
-                false
-            ),
+            control(Some("ResourceNotFoundException"), Some(400), false),
             Class::Fatal
         );
         assert_eq!(
-            classify(Some("AccessDeniedException"), Some(400), "", false),
+            control(Some("AccessDeniedException"), Some(400), false),
             Class::Fatal
         );
         assert_eq!(
-            classify(
-                Some("ValidationException"),
-                Some(400),
-                "Invalid UpdateExpression",
-                false
-            ),
+            control(Some("ValidationException"), Some(400), false),
             Class::Fatal
         );
         assert_eq!(
-            classify(Some("UnrecognizedClientException"), Some(400), "", false),
+            control(Some("UnrecognizedClientException"), Some(400), false),
             Class::Fatal
         );
-        assert_eq!(classify(None, None, "no credentials", false), Class::Fatal);
+        assert_eq!(control(None, None, false), Class::Fatal);
     }
 
     #[test]
-    fn oversized_item_is_an_item_error() {
+    fn content_errors_on_an_item_write_are_item_errors_whatever_the_message() {
+        // DynamoDB's real texts vary ("Attempting to store more than 38
+        // significant digits in a Number", "Invalid UpdateExpression:
+        // Expression size has exceeded the maximum allowed size", "Type
+        // mismatch for Index Key ..."): the code decides, not the message.
+        for code in [
+            "ValidationException",
+            "ItemCollectionSizeLimitExceededException",
+        ] {
+            assert_eq!(
+                classify(Call::ItemWrite, Some(code), Some(400), false),
+                Class::Item,
+                "{code}"
+            );
+        }
+        // The same codes on dynbulk's own calls stop the run.
         assert_eq!(
-            classify(
-                Some("ValidationException"),
+            control(
+                Some("ItemCollectionSizeLimitExceededException"),
                 Some(400),
-                "Item size to update has exceeded the maximum allowed size",
                 false
             ),
-            Class::Item
+            Class::Fatal
         );
-        assert_eq!(
-            classify(
-                Some("ValidationException"),
-                Some(400),
-                "Item size has exceeded the maximum allowed size",
-                false
-            ),
-            Class::Item
-        );
+        // Access and missing tables stop the run on item writes too.
+        for code in ["AccessDeniedException", "ResourceNotFoundException"] {
+            assert_eq!(
+                classify(Call::ItemWrite, Some(code), Some(400), false),
+                Class::Fatal,
+                "{code}"
+            );
+        }
     }
 
     #[test]
     fn conditional_check_failure_is_its_own_class() {
         assert_eq!(
+            control(Some("ConditionalCheckFailedException"), Some(400), false),
+            Class::ConditionFailed
+        );
+        assert_eq!(
             classify(
+                Call::ItemWrite,
                 Some("ConditionalCheckFailedException"),
                 Some(400),
-                "",
                 false
             ),
             Class::ConditionFailed

@@ -18,6 +18,7 @@
 //! - [`worker`]: the pool that applies transforms to pages.
 //! - [`write`]: one item's transform, conditional write, conflict re-read; dry run.
 //! - [`diff`]: pure change-to-expression logic (SET/REMOVE + condition).
+//! - [`validate`]: a planned write checked against DynamoDB's limits before it is sent.
 //! - [`backoff`]: jittered exponential retry; the one retry policy.
 //! - [`limiter`]: capacity budgets (governor ceiling + adaptive working rate), page sizing.
 //! - [`error`]: the error type and the classification of AWS errors.
@@ -55,6 +56,7 @@ pub mod scan;
 pub mod schema;
 pub mod status;
 pub mod table;
+pub mod validate;
 pub mod worker;
 pub mod write;
 

@@ -860,6 +860,7 @@ async fn pipeline(
         projection,
         budgets: budgets.clone(),
         guard,
+        index_keys: info.index_keys.clone(),
     });
     let pool = Arc::new(Pool {
         writer,

@@ -1,6 +1,6 @@
 //! What dynbulk needs to know about the target table, from DescribeTable.
 
-use aws_sdk_dynamodb::types::{KeyType, TableStatus};
+use aws_sdk_dynamodb::types::{KeySchemaElement, KeyType, ScalarAttributeType, TableStatus};
 use aws_sdk_dynamodb::Client;
 
 use crate::backoff::{retry, Attempts, Backoff};
@@ -30,6 +30,34 @@ pub struct TableInfo {
     /// DynamoDB's unique id of the table: differs if the table was deleted
     /// and created again under the same name.
     pub table_id: Option<String>,
+    /// The key attributes of every global and local secondary index, with the
+    /// type the table's AttributeDefinitions declare: a write that gives one
+    /// of them another type is rejected by DynamoDB.
+    pub index_keys: Vec<IndexKey>,
+}
+
+/// A scalar key type, as AttributeDefinitions declare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scalar {
+    /// String.
+    S,
+    /// Number.
+    N,
+    /// Binary.
+    B,
+}
+
+/// One key attribute of a secondary index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexKey {
+    /// Index name.
+    pub index: String,
+    /// Attribute name.
+    pub attribute: String,
+    /// Declared type.
+    pub scalar: Scalar,
+    /// Partition key (else sort key): they have different size limits.
+    pub partition: bool,
 }
 
 /// Describes `table`.
@@ -93,6 +121,34 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableInfo> {
     let write_capacity = throughput
         .and_then(|t| t.write_capacity_units())
         .filter(|c| *c > 0);
+    let declared = |name: &str| {
+        desc.attribute_definitions()
+            .iter()
+            .find(|d| d.attribute_name() == name)
+            .and_then(|d| match d.attribute_type() {
+                ScalarAttributeType::S => Some(Scalar::S),
+                ScalarAttributeType::N => Some(Scalar::N),
+                ScalarAttributeType::B => Some(Scalar::B),
+                _ => None,
+            })
+    };
+    let index_key = |index: &str, k: &KeySchemaElement| {
+        declared(k.attribute_name()).map(|scalar| IndexKey {
+            index: index.to_owned(),
+            attribute: k.attribute_name().to_owned(),
+            scalar,
+            partition: k.key_type() == &KeyType::Hash,
+        })
+    };
+    let mut index_keys = Vec::new();
+    for g in desc.global_secondary_indexes() {
+        let name = g.index_name().unwrap_or_default();
+        index_keys.extend(g.key_schema().iter().filter_map(|k| index_key(name, k)));
+    }
+    for l in desc.local_secondary_indexes() {
+        let name = l.index_name().unwrap_or_default();
+        index_keys.extend(l.key_schema().iter().filter_map(|k| index_key(name, k)));
+    }
     Ok(TableInfo {
         name: table.to_owned(),
         keys: keys.into_iter().map(|(_, n)| n).collect(),
@@ -108,6 +164,7 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableInfo> {
             .iter()
             .filter_map(|g| g.index_name().map(str::to_owned))
             .collect(),
+        index_keys,
     })
 }
 

@@ -14,7 +14,7 @@ use aws_sdk_dynamodb::Client;
 use crate::backoff::{retry, Attempts, Backoff};
 use crate::deadletter::value_json;
 use crate::diff::{self, Expr, Planned};
-use crate::error::{AwsError, Class, Error};
+use crate::error::{AwsError, Call, Class, Error};
 use crate::limiter::{item_size, read_units, value_size, write_units, Budgets};
 use crate::migration::{Attrs, Change, Item, Migration};
 use crate::report::{Sample, SampleChange, Stats};
@@ -58,6 +58,8 @@ pub struct Writer {
     /// What every write is conditioned on besides the transform's reads: the
     /// version attribute and the scan filter.
     pub guard: diff::Guard,
+    /// Key attributes of the table's secondary indexes (for [`crate::validate`]).
+    pub index_keys: Vec<crate::table::IndexKey>,
 }
 
 impl Writer {
@@ -100,6 +102,11 @@ impl Writer {
             if planned == Planned::Unchanged {
                 return Ok(ItemOutcome::Unchanged);
             }
+            // Before the dry-run return: a dry run reports these items too.
+            if let Err(e) = crate::validate::check(&self.index_keys, &attrs_now, &change, &planned)
+            {
+                return Ok(ItemOutcome::Failed(e.to_string()));
+            }
             let key = diff::key_of(&self.keys, &attrs_now);
             if self.dry_run {
                 // Samples and the write estimate are for the dry-run report.
@@ -129,7 +136,7 @@ impl Writer {
                         _ => ItemOutcome::Updated,
                     })
                 }
-                Err(e) => match e.class() {
+                Err(e) => match e.class_for(Call::ItemWrite) {
                     Class::ConditionFailed => {
                         Stats::inc(&self.stats.conflicts);
                         match self.reread(&key, item_size(&attrs_now)).await? {

@@ -12,6 +12,9 @@
 //!   RequestLimitExceeded, HTTP 500 and 503, connection resets (some after the
 //!   request was forwarded, so the write happened and the answer was lost), and
 //!   latency spikes;
+//! - answers writes (UpdateItem, DeleteItem, PutItem) of chosen keys with a
+//!   chosen error, a bounded number of times ("hot keys", poison items the
+//!   endpoint would reject), without reaching the endpoint;
 //! - counts requests, throttles, faults and units per operation, and keeps a
 //!   timeline of served units so tests can check any window.
 #![allow(dead_code)]
@@ -52,6 +55,31 @@ pub struct Faults {
     pub latency_spike: Duration,
 }
 
+/// An error returned for every write of one item, up to `times` times.
+#[derive(Debug, Clone)]
+pub struct KeyFault {
+    /// `pk` or `pk|sk` (string keys) of the item.
+    pub key: String,
+    /// DynamoDB error code, e.g. `ProvisionedThroughputExceededException`.
+    pub code: &'static str,
+    /// Its message (DynamoDB's own text, so classification is tested on it).
+    pub message: &'static str,
+    /// Writes of the key answered with the error; later ones pass. `u32::MAX`: all.
+    pub times: u32,
+}
+
+impl KeyFault {
+    /// Throttles the first `times` writes of `key`, as a hot partition does.
+    pub fn hot(key: &str, times: u32) -> Self {
+        KeyFault {
+            key: key.to_owned(),
+            code: "ProvisionedThroughputExceededException",
+            message: "The level of configured provisioned throughput for the table was exceeded. Consider increasing your provisioning level with the UpdateTable API.",
+            times,
+        }
+    }
+}
+
 /// Proxy settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -67,6 +95,8 @@ pub struct Config {
     pub faults: Faults,
     /// Seed of the fault dice (printed by tests so failures replay).
     pub seed: u64,
+    /// Errors for writes of particular items.
+    pub key_faults: Vec<KeyFault>,
 }
 
 impl Config {
@@ -78,6 +108,7 @@ impl Config {
             burst_seconds: 1.0,
             faults: Faults::default(),
             seed: 0,
+            key_faults: Vec::new(),
         }
     }
 }
@@ -115,6 +146,8 @@ pub struct Stats {
     pub requests: Vec<(f64, Kind, bool)>,
     /// (epoch, `pk` or `pk|sk`) of every item a Scan of the data table returned.
     pub scanned: Vec<(u32, String)>,
+    /// Key faults answered, per key.
+    pub key_faults: HashMap<String, u32>,
 }
 
 impl Stats {
@@ -394,6 +427,18 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<
                 "The level of configured provisioned throughput for the table was exceeded.",
             ));
         }
+        if let Some(fault) = key_fault(&s, &op, &json) {
+            let mut st = s.stats.lock().unwrap();
+            let throttle = fault.code.contains("Throughput");
+            st.requests.push((t, kind, throttle));
+            let o = st.ops.entry(op.clone()).or_default();
+            if throttle {
+                o.throttled += 1;
+            } else {
+                o.faults += 1;
+            }
+            return Ok(error(StatusCode::BAD_REQUEST, fault.code, fault.message));
+        }
         let (fate, delay) = {
             let f = &s.config.faults;
             let mut rng = s.rng.lock().unwrap();
@@ -524,6 +569,38 @@ async fn forward(
     let (rparts, rbody) = resp.into_parts();
     let rbody = rbody.collect().await.map_err(|_| Reset)?.to_bytes();
     Ok((rparts, rbody))
+}
+
+/// The key fault that answers this request, if any (counted against its `times`).
+fn key_fault(s: &Shared, op: &str, json: &Value) -> Option<KeyFault> {
+    if s.config.key_faults.is_empty() || !matches!(op, "UpdateItem" | "DeleteItem" | "PutItem") {
+        return None;
+    }
+    let item = json.get("Key").or_else(|| json.get("Item"))?;
+    let key = item_key(item)?;
+    let fault = s.config.key_faults.iter().find(|f| f.key == key)?;
+    let mut stats = s.stats.lock().unwrap();
+    let hits = stats.key_faults.entry(key).or_default();
+    if *hits >= fault.times {
+        return None;
+    }
+    *hits += 1;
+    Some(fault.clone())
+}
+
+/// `pk` or `pk|sk` of an item or key in DynamoDB JSON.
+fn item_key(item: &Value) -> Option<String> {
+    let s = |k: &str| {
+        item.get(k)
+            .and_then(|a| a.get("S"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    match (s("pk"), s("sk")) {
+        (Some(pk), Some(sk)) => Some(format!("{pk}|{sk}")),
+        (Some(pk), None) => Some(pk),
+        _ => None,
+    }
 }
 
 /// `pk` or `pk|sk` of each item in a Scan response.

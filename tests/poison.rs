@@ -1,0 +1,359 @@
+//! A poison item never blocks a run: items whose write DynamoDB would reject
+//! (content over its limits, a hot key throttled for minutes) are
+//! dead-lettered, every other item is migrated, and the run ends as it does
+//! for item failures; resumes do not die on them.
+
+mod common;
+mod proxy;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+    KeyType, Projection, ProjectionType, ScalarAttributeType,
+};
+use common::*;
+use dynbulk::backoff::Backoff;
+use dynbulk::migration::{Change, Item, Migration, TransformError, Update};
+use dynbulk::report::Outcome;
+use dynbulk::run::{self, Limit, Limits, Plan};
+use proxy::{Config, KeyFault, Proxy};
+use tokio_util::sync::CancellationToken;
+
+/// Ordinary items per table.
+const ORDINARY: usize = 60;
+
+fn plan(state: &TestTable, dead_letter: &Path) -> Plan {
+    Plan {
+        segments: 2,
+        workers: 2,
+        item_concurrency: 4,
+        page_size: Some(10),
+        state_table: state.name.clone(),
+        dead_letter: dead_letter.to_owned(),
+        limits: Limits {
+            read: Limit::Unlimited,
+            write: Limit::Unlimited,
+        },
+        // Short delays: retries are what is tested, not their length.
+        backoff: Backoff {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(20),
+            ..Backoff::default()
+        },
+        ..Plan::default()
+    }
+}
+
+fn dead_letter_path() -> PathBuf {
+    std::env::temp_dir().join(format!("{}.jsonl", unique("poison-dl")))
+}
+
+/// A table keyed by `pk` (S) with a global secondary index on `owner` (S).
+async fn table_with_index(prefix: &str) -> TestTable {
+    let client = client();
+    let table = TestTable::named(prefix);
+    let def = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let hash = |name: &str| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(KeyType::Hash)
+            .build()
+            .unwrap()
+    };
+    client
+        .create_table()
+        .table_name(&table.name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(def("pk"))
+        .attribute_definitions(def("owner"))
+        .key_schema(hash("pk"))
+        .global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name("byOwner")
+                .key_schema(hash("owner"))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::KeysOnly)
+                        .build(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    table
+}
+
+/// `ORDINARY` ordinary items plus the given extra ones, written to `table`.
+async fn load(table: &str, extra: &[Attrs]) -> Vec<Attrs> {
+    let mut items: Vec<Attrs> = (0..ORDINARY)
+        .map(|i| {
+            HashMap::from([
+                ("pk".into(), AttributeValue::S(format!("order#{i:04}"))),
+                ("owner".into(), AttributeValue::S(format!("owner{}", i % 7))),
+                ("n".into(), AttributeValue::N(i.to_string())),
+            ])
+        })
+        .collect();
+    items.extend(extra.iter().cloned());
+    dynbulk::sample::put_all(&client(), table, &items)
+        .await
+        .unwrap();
+    items
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+/// Marks every item `migrated`, except the poison items, whose transform
+/// yields a write DynamoDB rejects; the poison's kind is its key's prefix.
+struct Poison;
+
+impl Migration for Poison {
+    fn id(&self) -> &'static str {
+        "20250101_poison"
+    }
+    fn description(&self) -> &'static str {
+        "marks items; some items' changes cannot be stored"
+    }
+    fn transform(&self, item: &Item) -> Result<Change, TransformError> {
+        let pk = item.get_s("pk").unwrap_or_default().to_owned();
+        if item.get("migrated").is_some() {
+            return Ok(Change::Keep);
+        }
+        let mark = Update::new().set("migrated", "yes");
+        let poisoned = match pk.split('#').next().unwrap_or_default() {
+            "emptyset" => mark.set("tags", AttributeValue::Ss(vec![])),
+            "digits39" => mark.set(
+                "total",
+                AttributeValue::N("123456789012345678901234567890123456789".into()),
+            ),
+            "nan" => mark.set("score", f64::NAN),
+            "gsitype" => mark.set("owner", AttributeValue::N("7".into())),
+            "wide" => {
+                // Reads the whole item: every attribute joins the guard.
+                let n = item.attrs().len();
+                mark.set("width", n as i64)
+            }
+            _ => mark,
+        };
+        Ok(poisoned.into())
+    }
+}
+
+/// The poison items: keys and contents.
+fn poison_items() -> Vec<Attrs> {
+    let mut out = Vec::new();
+    for kind in ["emptyset", "digits39", "nan", "gsitype"] {
+        out.push(HashMap::from([
+            ("pk".into(), s(&format!("{kind}#1"))),
+            ("owner".into(), s("ann")),
+        ]));
+    }
+    // 300 attributes read whole: a guard over 4 KB and 300 operators.
+    let mut wide: Attrs = (0..300)
+        .map(|i| (format!("field{i:03}"), AttributeValue::N(i.to_string())))
+        .collect();
+    wide.insert("pk".into(), s("wide#1"));
+    out.push(wide);
+    out
+}
+
+/// The dead-letter records of `paths`: key (`pk`) -> errors.
+fn dead_letters(paths: &[PathBuf]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in paths {
+        let Ok(text) = std::fs::read_to_string(p) else {
+            continue;
+        };
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let pk = v["key"]["pk"]["S"].as_str().unwrap().to_owned();
+            out.entry(pk)
+                .or_default()
+                .push(v["error"].as_str().unwrap().to_owned());
+        }
+    }
+    out
+}
+
+/// Every ordinary item is marked; every item in `untouched` is as it was.
+async fn assert_migrated_except(table: &str, items: &[Attrs], untouched: &BTreeSet<String>) {
+    let after = read_all(&client(), table).await;
+    assert_eq!(after.len(), items.len());
+    for before in items {
+        let key = key_string(before);
+        let now = &after[&key];
+        if untouched.contains(&key) {
+            assert_eq!(now, before, "{key} must be left as it was");
+        } else {
+            let mut want = before.clone();
+            want.insert("migrated".into(), s("yes"));
+            assert_eq!(now, &want, "{key}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn items_dynamodb_would_reject_are_dead_lettered_in_dry_runs_runs_and_resumes() {
+    let client = client();
+    let state = TestTable::named("state");
+    let table = table_with_index("poison").await;
+    let poison = poison_items();
+    let items = load(&table.name, &poison).await;
+    let poison_keys: BTreeSet<String> = poison.iter().map(key_string).collect();
+    let before = read_all(&client, &table.name).await;
+
+    // A dry run reports the poison items as failures and writes nothing.
+    let dl0 = dead_letter_path();
+    let report = run::run(
+        &client,
+        Arc::new(Poison),
+        &table.name,
+        &Plan {
+            dry_run: true,
+            ..plan(&state, &dl0)
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .expect("a dry run with poison items completes");
+    assert_eq!(report.counts.failed, poison.len() as u64, "{report}");
+    assert_eq!(report.counts.updated, ORDINARY as u64);
+    assert_eq!(read_all(&client, &table.name).await, before);
+    let _ = std::fs::remove_file(&dl0);
+
+    // A run that stops at its first failure (--max-errors 0) acknowledges the
+    // page that held it; a resume goes on past every poison item.
+    let dl1 = dead_letter_path();
+    let first = run::run(
+        &client,
+        Arc::new(Poison),
+        &table.name,
+        &Plan {
+            max_errors: Some(0),
+            ..plan(&state, &dl1)
+        },
+        CancellationToken::new(),
+    )
+    .await;
+    let failure = first.expect_err("the error budget of 0 stops the run");
+    assert!(
+        failure.error.to_string().contains("--max-errors"),
+        "stopped by the error budget, not by a fatal error: {}",
+        failure.error
+    );
+    let report = run::run(
+        &client,
+        Arc::new(Poison),
+        &table.name,
+        &plan(&state, &dl1),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|f| panic!("the resume completes: {}", f.error));
+    assert_eq!(report.outcome, Outcome::DoneWithFailures, "{report}");
+    assert_eq!(
+        report.total.expect("checkpointed").failed,
+        poison.len() as u64,
+        "{report}"
+    );
+    assert_migrated_except(&table.name, &items, &poison_keys).await;
+    let dead = dead_letters(std::slice::from_ref(&dl1));
+    assert_eq!(
+        dead.keys().cloned().collect::<BTreeSet<_>>(),
+        poison_keys,
+        "every poison item and nothing else is dead-lettered"
+    );
+    let reason = |k: &str| dead[k].join(" | ");
+    assert!(
+        reason("emptyset#1").contains("empty string set"),
+        "{}",
+        reason("emptyset#1")
+    );
+    assert!(
+        reason("digits39#1").contains("39 significant digits"),
+        "{}",
+        reason("digits39#1")
+    );
+    assert!(reason("nan#1").contains("NaN"), "{}", reason("nan#1"));
+    assert!(
+        reason("gsitype#1").contains("byOwner"),
+        "{}",
+        reason("gsitype#1")
+    );
+    assert!(
+        reason("wide#1").contains("expression"),
+        "{}",
+        reason("wide#1")
+    );
+    let _ = std::fs::remove_file(&dl1);
+}
+
+/// Content errors only DynamoDB can see (an item collection over 10 GB, a
+/// limit dynbulk does not model) come back as errors on the item's write:
+/// the item is dead-lettered and the run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn content_errors_returned_for_an_item_write_dead_letter_that_item() {
+    let state = TestTable::named("state");
+    let table = table_with_index("rejected").await;
+    let items = load(&table.name, &[]).await;
+    let rejected = [
+        (
+            "order#0003",
+            "ValidationException",
+            "Invalid UpdateExpression: Expression size has exceeded the maximum allowed size; expression size: 4200",
+        ),
+        (
+            "order#0017",
+            "ValidationException",
+            "One or more parameter values were invalid: Type mismatch for Index Key owner Expected: S Actual: N IndexName: byOwner",
+        ),
+        (
+            "order#0042",
+            "ItemCollectionSizeLimitExceededException",
+            "Item collection size limit exceeded",
+        ),
+    ];
+    let mut config = Config::new(&table.name);
+    config.key_faults = rejected
+        .iter()
+        .map(|(key, code, message)| KeyFault {
+            key: (*key).to_owned(),
+            code,
+            message,
+            times: u32::MAX,
+        })
+        .collect();
+    let proxy = Proxy::start(&endpoint(), config).await;
+    let dl = dead_letter_path();
+    let report = run::run(
+        &client_for(&proxy.url),
+        Arc::new(Poison),
+        &table.name,
+        &plan(&state, &dl),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|f| panic!("the run completes: {}", f.error));
+    assert_eq!(report.outcome, Outcome::DoneWithFailures, "{report}");
+    assert_eq!(report.counts.failed, 3, "{report}");
+    let keys: BTreeSet<String> = rejected.iter().map(|(k, _, _)| (*k).to_owned()).collect();
+    assert_migrated_except(&table.name, &items, &keys).await;
+    let dead = dead_letters(std::slice::from_ref(&dl));
+    assert_eq!(dead.keys().cloned().collect::<BTreeSet<_>>(), keys);
+    assert!(dead["order#0042"][0].contains("ItemCollectionSizeLimitExceededException"));
+    let _ = std::fs::remove_file(&dl);
+}

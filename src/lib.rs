@@ -12,6 +12,7 @@
 //! - [`cli`]: clap definitions and their validation into a [`run::Plan`].
 //! - [`client`]: the one shared DynamoDB client (SDK retries off).
 //! - [`migration`]: the `Migration` trait, `Item` (read-tracking), `Change`, `Update`.
+//! - `typed`: `Item::parse`'s serde deserializer, recording what the type read.
 //! - [`migrations`]: the migrations compiled into this build (top-level `migrations/`).
 //! - [`run`]: one migration's run: ledger, schema step, the pipeline.
 //! - [`scan`]: segment tasks sending pages into the bounded channel.
@@ -56,6 +57,7 @@ pub mod scan;
 pub mod schema;
 pub mod status;
 pub mod table;
+mod typed;
 pub mod validate;
 pub mod worker;
 pub mod write;

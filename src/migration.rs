@@ -287,17 +287,22 @@ impl Item {
         read.extend(self.attrs.keys().cloned());
     }
 
-    /// Deserializes the item into `T` with serde_dynamo. The attributes `T`
-    /// serializes back to count as read.
+    /// Deserializes the item into `T` with serde_dynamo. What deserialization
+    /// read counts as read: every field name `T` looks for (present or not,
+    /// aliases included, so an absent `Option` field guards the write with
+    /// `attribute_not_exists`) and every attribute whose value it consumed.
+    /// Attributes `T` does not have are skipped and not recorded.
     ///
     /// # Errors
     /// When the item does not match `T`'s shape.
-    pub fn parse<T: DeserializeOwned + Serialize>(&self) -> Result<T, TransformError> {
-        let value: T = serde_dynamo::from_item(self.attrs.clone())?;
-        let back: Attrs = serde_dynamo::to_item(&value)?;
-        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
-        read.extend(back.into_keys());
-        Ok(value)
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, TransformError> {
+        let read = std::cell::RefCell::new(BTreeSet::new());
+        let value = crate::typed::from_item(&self.attrs, &read);
+        self.read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(read.into_inner());
+        Ok(value?)
     }
 
     /// The update that makes the item equal to `value` in the attributes `T`
@@ -467,6 +472,35 @@ mod tests {
         let o: Order = item.parse().unwrap();
         assert_eq!(o.status.as_deref(), Some("x"));
         assert_eq!(item.read_set(), BTreeSet::from(["status".to_string()]));
+    }
+
+    #[test]
+    fn typed_parse_records_absent_optional_and_skipped_fields() {
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct Order {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            hold_until: Option<String>,
+            #[serde(alias = "state")]
+            status: String,
+            #[serde(skip_serializing)]
+            internal: Option<String>,
+        }
+        let item = Item::new(HashMap::from([
+            ("state".into(), s("x")),
+            ("internal".into(), s("y")),
+            ("blob".into(), s("z")),
+        ]));
+        let o: Order = item.parse().unwrap();
+        assert_eq!(o.status, "x");
+        assert_eq!(o.internal.as_deref(), Some("y"));
+        let read = item.read_set();
+        for name in ["hold_until", "state", "status", "internal"] {
+            assert!(read.contains(name), "{name} not in {read:?}");
+        }
+        assert!(
+            !read.contains("blob"),
+            "an attribute Order lacks is not a read"
+        );
     }
 
     #[test]

@@ -316,3 +316,77 @@ async fn a_version_bump_on_an_unread_attribute_makes_the_migration_reapply() {
         raced.len()
     );
 }
+
+/// The typed twin of [`DeleteUnheld`]: the hold is an optional field that is
+/// absent from the item and skipped when serialized.
+struct DeleteUnheldTyped(Arc<Race>);
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct Order {
+    pk: String,
+    sk: String,
+    #[serde(rename = "holdUntil", skip_serializing_if = "Option::is_none")]
+    hold_until: Option<String>,
+}
+
+impl Migration for DeleteUnheldTyped {
+    fn id(&self) -> &'static str {
+        "20260101_delete_unheld_typed"
+    }
+    fn description(&self) -> &'static str {
+        "test migration: delete orders without a hold, typed"
+    }
+    fn transform(&self, item: &Item) -> Result<Change, TransformError> {
+        let order: Order = item.parse()?;
+        if order.hold_until.is_some() {
+            return Ok(Change::Keep);
+        }
+        if let Some(k) = self.0.first_sight(item) {
+            app_update(
+                &self.0.table,
+                k,
+                "SET holdUntil = :h",
+                &[],
+                &[(":h", s("2030-01-01"))],
+            );
+        }
+        Ok(Change::Delete)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_set_between_scan_and_delete_survives_an_absent_optional_field() {
+    let state = TestTable::named("state");
+    let items: Vec<Attrs> = (0..20).map(key).collect();
+    let table = table_with("guard-typed", &items).await;
+    let raced: Vec<u32> = (0..20).filter(|i| i % 2 == 0).collect();
+    let race = Arc::new(Race::new(&table.name, raced.iter().copied()));
+    let report = run::run(
+        &client(),
+        Arc::new(DeleteUnheldTyped(race.clone())),
+        &table.name,
+        &plan(&state),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Done);
+    assert_eq!(
+        race.done.lock().unwrap().len(),
+        raced.len(),
+        "every race ran"
+    );
+    let after = read_all(&client(), &table.name).await;
+    for i in 0..20 {
+        let k = key_string(&key(i));
+        if i % 2 == 0 {
+            assert_eq!(
+                after.get(&k).map(|a| &a["holdUntil"]),
+                Some(&s("2030-01-01")),
+                "{k}: put on hold during the run, it must not be deleted"
+            );
+        } else {
+            assert!(!after.contains_key(&k), "{k} should be deleted");
+        }
+    }
+}

@@ -539,6 +539,45 @@ mod tests {
     }
 
     #[test]
+    fn the_scan_filter_joins_the_condition_under_its_own_placeholders() {
+        let filter = Filter::new(
+            "#n0 = :v0 AND attribute_exists(#x) AND size(total) > :v10",
+            &HashMap::from([("#n0".into(), "status".into()), ("#x".into(), "x".into())]),
+            &HashMap::from([
+                (":v0".into(), s("pending")),
+                (":v10".into(), AttributeValue::N("1".into())),
+            ]),
+        );
+        assert_eq!(
+            filter.expr,
+            "#dynbulk_f_n0 = :dynbulk_f_v0 AND attribute_exists(#dynbulk_f_x) AND size(total) > :dynbulk_f_v10"
+        );
+        let guard = Guard {
+            version: None,
+            filter: Some(filter),
+        };
+        let change = Change::Update(Update::new().set("priority", "high"));
+        let Planned::Update(e) = plan(&keys(), &item(), &BTreeSet::new(), &change, &guard).unwrap()
+        else {
+            panic!("expected an update")
+        };
+        assert_eq!(
+            e.condition,
+            "attribute_exists(#n1) AND attribute_not_exists(#n0) AND (#dynbulk_f_n0 = :dynbulk_f_v0 AND attribute_exists(#dynbulk_f_x) AND size(total) > :dynbulk_f_v10)"
+        );
+        assert_eq!(e.names["#n0"], "priority");
+        assert_eq!(e.names["#dynbulk_f_n0"], "status");
+        assert_eq!(e.values[":v0"], s("high"));
+        assert_eq!(e.values[":dynbulk_f_v0"], s("pending"));
+        let Planned::Delete(e) =
+            plan(&keys(), &item(), &BTreeSet::new(), &Change::Delete, &guard).unwrap()
+        else {
+            panic!("expected a delete")
+        };
+        assert!(e.condition.ends_with("AND (#dynbulk_f_n0 = :dynbulk_f_v0 AND attribute_exists(#dynbulk_f_x) AND size(total) > :dynbulk_f_v10)"));
+    }
+
+    #[test]
     fn remove_produces_remove_clause() {
         let change = Change::Update(Update::new().remove("status").set("x", "1"));
         let Planned::Update(e) = plan(

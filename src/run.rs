@@ -803,15 +803,20 @@ struct Pipes {
 
 /// What every write is conditioned on besides the transform's reads: the
 /// version attribute (the plan's, else the migration's) and the scan filter.
-fn guard(migration: &dyn Migration, plan: &Plan) -> crate::diff::Guard {
+fn guard(
+    migration: &dyn Migration,
+    plan: &Plan,
+    options: &crate::migration::ScanOptions,
+) -> crate::diff::Guard {
     let version = plan
         .version_attribute
         .clone()
         .or_else(|| migration.version_attribute().map(str::to_owned));
-    crate::diff::Guard {
-        version,
-        filter: None,
-    }
+    let filter = options
+        .filter
+        .as_deref()
+        .map(|expr| crate::diff::Filter::new(expr, &options.filter_names, &options.filter_values));
+    crate::diff::Guard { version, filter }
 }
 
 async fn pipeline(
@@ -830,8 +835,8 @@ async fn pipeline(
     } = pipes;
     let migration = prepared.migration.clone();
     let info = &prepared.table;
-    let guard = guard(migration.as_ref(), plan);
     let mut options = migration.scan_options();
+    let guard = guard(migration.as_ref(), plan, &options);
     if let (Some(attrs), Some(v)) = (options.projection.as_mut(), guard.version.as_ref()) {
         // The version attribute is conditioned on: the scan must fetch it.
         if !attrs.contains(v) {

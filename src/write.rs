@@ -141,7 +141,8 @@ impl Writer {
                         Stats::inc(&self.stats.conflicts);
                         match self.reread(&key, item_size(&attrs_now)).await? {
                             Some(fresh) => attrs = fresh,
-                            // Deleted by someone else in between: nothing left to migrate.
+                            // Deleted by someone else in between, or no longer
+                            // matching the scan filter: nothing left to migrate.
                             None => return Ok(ItemOutcome::Unchanged),
                         }
                     }
@@ -235,8 +236,80 @@ impl Writer {
         r
     }
 
-    /// Reads the item's current version, strongly consistent.
+    /// Reads the item's current version, strongly consistent. With a scan
+    /// filter, an item that no longer matches it comes back as `None`, like
+    /// a deleted one: it is no longer the migration's to change.
     async fn reread(&self, key: &Attrs, size_hint: usize) -> Result<Option<Attrs>, Error> {
+        let what = || {
+            format!(
+                "re-reading item {} of table {} after a write conflict",
+                crate::deadletter::to_json(key),
+                self.table
+            )
+        };
+        match &self.guard.filter {
+            Some(filter) => self
+                .reread_filtered(key, size_hint, filter)
+                .await
+                .map_err(|e| Error::aws(what(), e)),
+            None => self
+                .reread_item(key, size_hint)
+                .await
+                .map_err(|e| Error::aws(what(), e)),
+        }
+    }
+
+    /// A consistent Query on the item's full key with the scan's filter.
+    async fn reread_filtered(
+        &self,
+        key: &Attrs,
+        size_hint: usize,
+        filter: &diff::Filter,
+    ) -> Result<Option<Attrs>, AwsError> {
+        let mut names = filter.names.clone();
+        let mut values = filter.values.clone();
+        let mut conditions = Vec::new();
+        for (i, (name, value)) in key.iter().enumerate() {
+            // A prefix of dynbulk's own, apart from the filter's and the projection's.
+            names.insert(format!("#dynbulk_k{i}"), name.clone());
+            values.insert(format!(":dynbulk_k{i}"), value.clone());
+            conditions.push(format!("#dynbulk_k{i} = :dynbulk_k{i}"));
+        }
+        let key_condition = conditions.join(" AND ");
+        let projection = self.projection.as_ref().map(|(expr, pnames)| {
+            names.extend(pnames.clone());
+            expr.clone()
+        });
+        let mut attempts = Attempts::default();
+        let estimate = read_units(size_hint, true);
+        let r = retry(&self.backoff, &mut attempts, || {
+            let req = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(&key_condition)
+                .filter_expression(&filter.expr)
+                .set_projection_expression(projection.clone())
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .consistent_read(true)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total);
+            self.budgets.read.call(
+                "Query",
+                estimate,
+                |o: &aws_sdk_dynamodb::operation::query::QueryOutput| {
+                    o.consumed_capacity().and_then(|c| c.capacity_units())
+                },
+                move || async move { req.send().await.map_err(AwsError::from_sdk) },
+            )
+        })
+        .await;
+        self.count(attempts);
+        Ok(r?.items.and_then(|items| items.into_iter().next()))
+    }
+
+    /// A consistent GetItem.
+    async fn reread_item(&self, key: &Attrs, size_hint: usize) -> Result<Option<Attrs>, AwsError> {
         let mut attempts = Attempts::default();
         let estimate = read_units(size_hint, true);
         let r = retry(&self.backoff, &mut attempts, || {
@@ -263,17 +336,7 @@ impl Writer {
         })
         .await;
         self.count(attempts);
-        let out = r.map_err(|e| {
-            Error::aws(
-                format!(
-                    "re-reading item {} of table {} after a write conflict",
-                    crate::deadletter::to_json(key),
-                    self.table
-                ),
-                e,
-            )
-        })?;
-        Ok(out.item)
+        Ok(r?.item)
     }
 
     fn count(&self, attempts: Attempts) {

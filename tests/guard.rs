@@ -390,3 +390,101 @@ async fn a_hold_set_between_scan_and_delete_survives_an_absent_optional_field() 
         }
     }
 }
+
+/// Gives pending orders a priority, without reading `status`: the scan filter
+/// selects them.
+struct PrioritizePending(Arc<Race>);
+
+impl Migration for PrioritizePending {
+    fn id(&self) -> &'static str {
+        "20260101_prioritize_pending"
+    }
+    fn description(&self) -> &'static str {
+        "test migration: pending orders get a priority"
+    }
+    fn scan_options(&self) -> dynbulk::migration::ScanOptions {
+        dynbulk::migration::ScanOptions {
+            // Placeholders shaped like dynbulk's own, to prove they cannot collide.
+            filter: Some("#n0 = :v0".into()),
+            filter_names: HashMap::from([("#n0".into(), "status".into())]),
+            filter_values: HashMap::from([(":v0".into(), s("pending"))]),
+            ..Default::default()
+        }
+    }
+    fn transform(&self, item: &Item) -> Result<Change, TransformError> {
+        if let Some(k) = self.0.first_sight(item) {
+            let i: u32 = item.get_s("pk").unwrap()["order#".len()..].parse().unwrap();
+            if i.is_multiple_of(3) {
+                // The customer cancels the order after the scan selected it.
+                app_update(
+                    &self.0.table,
+                    k,
+                    "SET #s = :c",
+                    &[("#s", "status")],
+                    &[(":c", s("cancelled"))],
+                );
+            } else {
+                // A conflict on an order that still matches: re-read and re-applied.
+                app_update(
+                    &self.0.table,
+                    k,
+                    "SET priority = :l",
+                    &[],
+                    &[(":l", s("low"))],
+                );
+            }
+        }
+        Ok(Update::new().set("priority", "high").into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_order_cancelled_between_scan_and_write_gets_no_priority() {
+    let state = TestTable::named("state");
+    let items: Vec<Attrs> = (0..30)
+        .map(|i| {
+            let mut item = key(i);
+            let status = if i % 3 == 2 { "shipped" } else { "pending" };
+            item.insert("status".into(), s(status));
+            item
+        })
+        .collect();
+    let table = table_with("guard-filter", &items).await;
+    let raced: Vec<u32> = (0..30).filter(|i| i % 3 == 0 || i % 6 == 4).collect();
+    let race = Arc::new(Race::new(&table.name, raced.iter().copied()));
+    let report = run::run(
+        &client(),
+        Arc::new(PrioritizePending(race.clone())),
+        &table.name,
+        &plan(&state),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Done);
+    assert_eq!(
+        race.done.lock().unwrap().len(),
+        raced.len(),
+        "every race ran"
+    );
+    let after = read_all(&client(), &table.name).await;
+    for i in 0..30 {
+        let k = key_string(&key(i));
+        let item = &after[&k];
+        match i % 3 {
+            0 => {
+                assert_eq!(item["status"], s("cancelled"), "{k}");
+                assert!(
+                    !item.contains_key("priority"),
+                    "{k}: cancelled during the run, it must get no priority"
+                );
+            }
+            1 => assert_eq!(item.get("priority"), Some(&s("high")), "{k}"),
+            _ => assert!(!item.contains_key("priority"), "{k}: never pending"),
+        }
+    }
+    // The cancelled orders were re-read, no longer matched, and were left alone.
+    assert_eq!(report.counts.updated, 10);
+    assert_eq!(report.counts.unchanged, 10);
+    assert_eq!(report.counts.conflicts, 15);
+}

@@ -2,7 +2,10 @@
 //!
 //! The SDK's own retries are disabled (see [`crate::client`]); every DynamoDB
 //! call goes through [`retry`], which retries throttling and transient faults
-//! and returns anything else at once.
+//! and returns anything else at once. dynbulk's own calls give up after a
+//! number of attempts; the data path (item writes, re-reads, scan pages) gives
+//! up after a time budget (`--retry-budget`), because a partition the
+//! application keeps hot can throttle one item for minutes.
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,8 +22,12 @@ pub struct Backoff {
     pub base: Duration,
     /// Largest delay ceiling.
     pub cap: Duration,
-    /// Attempts in all, the first included, before giving up.
+    /// Attempts in all, the first included, before giving up (when there is
+    /// no `budget`).
     pub max_attempts: u32,
+    /// Retry for this long from the first attempt, however many attempts
+    /// that takes, instead of `max_attempts`.
+    pub budget: Option<Duration>,
 }
 
 impl Default for Backoff {
@@ -29,6 +36,7 @@ impl Default for Backoff {
             base: Duration::from_millis(25),
             cap: Duration::from_secs(5),
             max_attempts: 12,
+            budget: None,
         }
     }
 }
@@ -57,11 +65,13 @@ pub struct Attempts {
 }
 
 /// Runs `op` until it succeeds, fails with an error that retrying cannot fix,
-/// or runs out of attempts. Throttling and transient errors are retried after a
-/// jittered delay; the counts go to `attempts` (and to metrics by the caller).
+/// or runs out of attempts (or of its time budget, when the policy has one).
+/// Throttling and transient errors are retried after a jittered delay; the
+/// counts go to `attempts` (and to metrics by the caller).
 ///
 /// # Errors
-/// The last error when it is not retryable or when attempts are exhausted.
+/// The last error when it is not retryable or when attempts or the budget are
+/// exhausted; such an error is still classed throttle or transient.
 pub async fn retry<T, F, Fut>(
     policy: &Backoff,
     attempts: &mut Attempts,
@@ -71,6 +81,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, AwsError>>,
 {
+    let started = tokio::time::Instant::now();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -82,10 +93,19 @@ where
                     Class::Transient => attempts.transient += 1,
                     _ => return Err(e),
                 }
-                if attempt >= policy.max_attempts {
-                    return Err(e);
+                let mut delay = policy.delay(attempt, &mut rand::rng());
+                match policy.budget {
+                    Some(budget) => {
+                        let left = budget.saturating_sub(started.elapsed());
+                        if left.is_zero() {
+                            return Err(e);
+                        }
+                        // One more attempt at the budget's end, not after it.
+                        delay = delay.min(left);
+                    }
+                    None if attempt >= policy.max_attempts => return Err(e),
+                    None => {}
                 }
-                let delay = policy.delay(attempt, &mut rand::rng());
                 tracing::debug!(error = %e, attempt, delay_ms = delay.as_millis() as u64, "retrying after a retryable error");
                 tokio::time::sleep(delay).await;
             }
@@ -104,6 +124,7 @@ mod tests {
             base: Duration::from_millis(10),
             cap: Duration::from_millis(100),
             max_attempts: 5,
+            budget: None,
         };
         assert_eq!(b.ceiling(1), Duration::from_millis(10));
         assert_eq!(b.ceiling(2), Duration::from_millis(20));
@@ -179,5 +200,48 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(n, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_time_budget_retries_throttles_past_max_attempts_until_it_is_spent() {
+        let policy = Backoff {
+            budget: Some(Duration::from_secs(600)),
+            ..Backoff::default()
+        };
+        // Throttled for 40 attempts (the attempt count alone would stop at 12), then served.
+        let mut n = 0;
+        let mut a = Attempts::default();
+        let r = retry(&policy, &mut a, || {
+            n += 1;
+            let fail = n <= 40;
+            async move {
+                if fail {
+                    Err(err("ProvisionedThroughputExceededException"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 41);
+        assert_eq!(a.throttled, 40);
+
+        // Throttled for ever: gives up once the budget is spent, not before.
+        let policy = Backoff {
+            budget: Some(Duration::from_secs(60)),
+            ..Backoff::default()
+        };
+        let start = tokio::time::Instant::now();
+        let mut n = 0;
+        let r: Result<(), _> = retry(&policy, &mut Attempts::default(), || {
+            n += 1;
+            async { Err(err("ThrottlingException")) }
+        })
+        .await;
+        assert_eq!(r.unwrap_err().class(), Class::Throttle);
+        let spent = start.elapsed();
+        assert!(spent >= Duration::from_secs(60), "{spent:?}");
+        assert!(spent < Duration::from_secs(61), "{spent:?}");
+        assert!(n > 12, "{n} attempts");
     }
 }

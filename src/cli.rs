@@ -201,6 +201,10 @@ pub struct RunArgs {
         help_heading = "Errors"
     )]
     pub max_errors: u64,
+    /// How long an item write that keeps being throttled (a hot key) or failing
+    /// transiently is retried before the item is dead-lettered, e.g. 90s, 5m, 1h.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration, help_heading = "Errors")]
+    pub retry_budget: std::time::Duration,
     /// Where failed items go (JSON lines: table, key, migration, error);
     /// default: dynbulk-dead-letter-<time>.jsonl in the current directory.
     #[arg(long, value_name = "PATH", help_heading = "Errors")]
@@ -239,11 +243,36 @@ impl RunArgs {
             dead_letter,
             state_table: self.state.state_table.clone(),
             backoff: Default::default(),
+            retry_budget: self.retry_budget,
             limits: self.limits(),
             restart: self.restart,
             version_attribute: self.version_attribute.clone(),
         }
     }
+}
+
+/// Parses `500ms`, `90s`, `5m`, `1h` (a bare number is seconds); between
+/// 1 ms and 24 h.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; use e.g. 90s, 5m or 1h"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown unit {u:?} in {text:?}; use ms, s, m or h")),
+    };
+    if !(0.001..=86_400.0).contains(&secs) {
+        return Err(format!("{text:?} is out of range: 1ms to 24h"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 /// `dynbulk status`.
@@ -279,6 +308,44 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn retry_budget_takes_a_duration() {
+        use std::time::Duration;
+        let budget = |args: &[&str]| {
+            let mut all = vec!["dynbulk", "run"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).map(|c| c.command) {
+                Ok(Command::Run(r)) => Ok(r.plan().retry_budget),
+                Ok(_) => unreachable!(),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(budget(&[]), Ok(Duration::from_secs(300)));
+        assert_eq!(
+            budget(&["--retry-budget", "90s"]),
+            Ok(Duration::from_secs(90))
+        );
+        assert_eq!(
+            budget(&["--retry-budget", "2m"]),
+            Ok(Duration::from_secs(120))
+        );
+        assert_eq!(
+            budget(&["--retry-budget", "1h"]),
+            Ok(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            budget(&["--retry-budget", "250ms"]),
+            Ok(Duration::from_millis(250))
+        );
+        assert_eq!(
+            budget(&["--retry-budget", "45"]),
+            Ok(Duration::from_secs(45))
+        );
+        for bad in ["0s", "5x", "m", "-1s", "48h"] {
+            assert!(budget(&["--retry-budget", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -53,8 +53,12 @@ pub struct Plan {
     pub dead_letter: PathBuf,
     /// State table name.
     pub state_table: String,
-    /// Retry policy.
+    /// Retry policy (delays; its `budget` is replaced by `retry_budget` on the data path).
     pub backoff: Backoff,
+    /// How long an item write, a re-read or a scan page is retried while
+    /// throttled or failing transiently; then the item is dead-lettered (a
+    /// scan page stops the run, resumably).
+    pub retry_budget: std::time::Duration,
     /// Read and write capacity limits.
     pub limits: Limits,
     /// Discard an unfinished run's checkpoints and start over.
@@ -84,6 +88,10 @@ pub struct Limits {
     pub write: Limit,
 }
 
+/// Default `--retry-budget`: minutes, since a partition the application keeps
+/// hot throttles for that long, and the limiter already slows the run.
+pub const DEFAULT_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Share of a provisioned table's capacity used when no limit is given: the
 /// application keeps the other half.
 pub const DEFAULT_PROVISIONED_SHARE: f64 = 0.5;
@@ -101,6 +109,7 @@ impl Default for Plan {
             dead_letter: PathBuf::from("dynbulk-dead-letter.jsonl"),
             state_table: ledger::DEFAULT_STATE_TABLE.into(),
             backoff: Backoff::default(),
+            retry_budget: DEFAULT_RETRY_BUDGET,
             limits: Limits {
                 read: Limit::Auto,
                 write: Limit::Auto,
@@ -850,6 +859,10 @@ async fn pipeline(
         options: options.clone(),
         keys: info.keys.clone(),
     });
+    let data_backoff = Backoff {
+        budget: Some(plan.retry_budget),
+        ..plan.backoff
+    };
     let projection = options
         .projection
         .as_ref()
@@ -860,7 +873,7 @@ async fn pipeline(
         keys: info.keys.clone(),
         migration,
         dry_run: plan.dry_run,
-        backoff: plan.backoff,
+        backoff: data_backoff,
         stats: stats.clone(),
         projection,
         budgets: budgets.clone(),
@@ -888,7 +901,7 @@ async fn pipeline(
             client: client.clone(),
             spec,
             stats: stats.clone(),
-            backoff: plan.backoff,
+            backoff: data_backoff,
             budgets,
             avg_item_bytes: prepared.avg_item_bytes,
         };

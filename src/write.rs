@@ -47,7 +47,9 @@ pub struct Writer {
     pub migration: Arc<dyn Migration>,
     /// When true, nothing is written.
     pub dry_run: bool,
-    /// Retry policy for throttling and transient faults.
+    /// Retry policy for throttling and transient faults (with the run's
+    /// `--retry-budget`: a write still throttled when it is spent is that
+    /// item's failure).
     pub backoff: Backoff,
     /// Counters.
     pub stats: Arc<Stats>,
@@ -67,8 +69,9 @@ impl Writer {
     ///
     /// # Errors
     /// Only errors that must stop the run (access denied, missing table, a
-    /// write that keeps being throttled past every retry). Per-item problems
-    /// come back as [`ItemOutcome::Failed`].
+    /// re-read that keeps failing). Per-item problems, a write still throttled
+    /// when its retry budget is spent included, come back as
+    /// [`ItemOutcome::Failed`].
     pub async fn apply(&self, scanned: Attrs) -> Result<ItemOutcome, Error> {
         let mut attrs = scanned;
         for _ in 0..=MAX_CONFLICT_RETRIES {
@@ -147,6 +150,19 @@ impl Writer {
                         }
                     }
                     Class::Item => return Ok(ItemOutcome::Failed(e.to_string())),
+                    // `send` retried for the whole budget: a hot key, not the run's rate.
+                    Class::Throttle | Class::Transient => {
+                        return Ok(ItemOutcome::Failed(format!(
+                            "still failing after retrying for {} (--retry-budget): {e}",
+                            self.backoff
+                                .budget
+                                .map(|b| format!("{}s", b.as_secs_f64()))
+                                .unwrap_or_else(|| format!(
+                                    "{} attempts",
+                                    self.backoff.max_attempts
+                                ))
+                        )))
+                    }
                     _ => {
                         return Err(Error::aws(
                             format!(

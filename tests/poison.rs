@@ -357,3 +357,110 @@ async fn content_errors_returned_for_an_item_write_dead_letter_that_item() {
     assert!(dead["order#0042"][0].contains("ItemCollectionSizeLimitExceededException"));
     let _ = std::fs::remove_file(&dl);
 }
+
+/// A partition the application keeps hot throttles one item's writes far
+/// longer than 12 attempts: the item is retried against the time budget and
+/// written once the throttling stops; the run does not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_throttled_for_longer_than_12_attempts_is_written_once_it_cools() {
+    let state = TestTable::named("state");
+    let table = table_with_index("hot").await;
+    let items = load(&table.name, &[]).await;
+    let hot = "order#0005";
+    let mut config = Config::new(&table.name);
+    config.key_faults = vec![KeyFault::hot(hot, 40)];
+    let proxy = Proxy::start(&endpoint(), config).await;
+    let dl = dead_letter_path();
+    // The plan's default retry budget (minutes); short delays keep the test quick.
+    let report = run::run(
+        &client_for(&proxy.url),
+        Arc::new(Poison),
+        &table.name,
+        &plan(&state, &dl),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_or_else(|f| panic!("a hot key must not end the run: {}", f.error));
+    assert_eq!(report.outcome, Outcome::Done, "{report}");
+    assert_eq!(
+        proxy.stats().key_faults[hot],
+        40,
+        "the key was hot for 40 writes"
+    );
+    assert_migrated_except(&table.name, &items, &BTreeSet::new()).await;
+    assert!(!dl.exists(), "nothing was dead-lettered");
+}
+
+/// A key hot for longer than `--retry-budget`: the real binary dead-letters
+/// that item, migrates every other one and exits 1 (item failures), not 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_hot_past_the_retry_budget_is_dead_lettered_and_the_run_goes_on() {
+    let (table, items) = small_items_table("hot-cli", 200, 9).await;
+    let state = TestTable::named("state");
+    // An item the example migration changes.
+    let hot_item = items
+        .iter()
+        .find(|i| expected_after_example(i) != **i)
+        .expect("some item needs migrating")
+        .clone();
+    let hot = key_string(&hot_item);
+    let mut config = Config::new(&table.name);
+    config.key_faults = vec![KeyFault::hot(&hot, u32::MAX)];
+    let proxy = Proxy::start(&endpoint(), config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dl = dir.path().join("dead.jsonl");
+    let mut cmd = dynbulk();
+    cmd.env("AWS_ENDPOINT_URL", &proxy.url)
+        .args([
+            "run",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+            "--unlimited",
+            "--progress",
+            "off",
+            // At the default delays (25 ms doubling to 5 s), 12 attempts take
+            // at most 21.4 s: 25 s of budget makes at least 13.
+            "--retry-budget",
+            "25s",
+            "--dead-letter",
+        ])
+        .arg(&dl);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert_eq!(count(&stdout, "errors"), 1, "{stdout}");
+    let throttled = proxy.stats().key_faults[&hot];
+    assert!(
+        throttled > 12,
+        "retried past the old 12 attempts: {throttled} throttles"
+    );
+    let text = std::fs::read_to_string(&dl).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("--retry-budget"),
+        "{text}"
+    );
+    let after = read_all(&client(), &table.name).await;
+    assert_eq!(after.len(), items.len());
+    for before in &items {
+        let key = key_string(before);
+        let want = if key == hot {
+            before.clone()
+        } else {
+            expected_after_example(before)
+        };
+        assert_eq!(after[&key], want, "{key}");
+    }
+}

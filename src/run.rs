@@ -542,7 +542,23 @@ async fn execute_unlocked(
 
     let mut report = base_report(Outcome::Done);
     if let Some(step) = migration.schema_step() {
-        match schema::apply(client, table_name, &step, plan.dry_run).await {
+        // An interrupt before or during the schema step ends the run there: no
+        // table change, no wait for an index, no data step.
+        let applied = if shutdown.is_cancelled() {
+            Ok("not applied: interrupted before the schema step".to_owned())
+        } else {
+            schema::apply(client, table_name, &step, plan.dry_run, &shutdown).await
+        };
+        match applied {
+            Ok(done) if shutdown.is_cancelled() => {
+                tracing::info!(table = table_name, migration = migration.id(), schema = %done, "interrupted before the data step");
+                report.outcome = Outcome::Stopped;
+                report.schema = Some(done);
+                if !plan.dry_run {
+                    ledger.finish(&report, &runner, &started_at, runs).await?;
+                }
+                return Ok(report);
+            }
             Ok(done) => {
                 tracing::info!(table = table_name, migration = migration.id(), schema = %done, "schema step finished");
                 report.schema = Some(done);

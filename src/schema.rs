@@ -1,5 +1,7 @@
 //! Applies a migration's schema step idempotently: look first, change only what
-//! is missing, wait until the table is usable again.
+//! is missing, wait until the table is usable again. An interrupt stops it
+//! before it changes anything, or stops the wait for a new index (DynamoDB goes
+//! on building it; the next run finds it and waits for it again).
 
 use std::time::Duration;
 
@@ -9,13 +11,16 @@ use aws_sdk_dynamodb::types::{
     TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{AwsError, Error, Result};
 use crate::migration::SchemaStep;
 use crate::table;
 
 /// Applies `step` to `table` unless it is already in place; returns what was
-/// done, for the ledger. In a dry run, only says what would be done.
+/// done, for the ledger. In a dry run, only says what would be done. Once
+/// `shutdown` is cancelled it sends no change and stops waiting; the caller
+/// checks `shutdown` and does not go on to the data step.
 ///
 /// # Errors
 /// When the change is refused or the table does not become active.
@@ -24,6 +29,7 @@ pub async fn apply(
     table_name: &str,
     step: &SchemaStep,
     dry_run: bool,
+    shutdown: &CancellationToken,
 ) -> Result<String> {
     match step {
         SchemaStep::EnableTtl { attribute } => {
@@ -48,6 +54,9 @@ pub async fn apply(
             }
             if dry_run {
                 return Ok(format!("would enable TTL on {attribute}"));
+            }
+            if shutdown.is_cancelled() {
+                return Ok(format!("interrupted before enabling TTL on {attribute}"));
             }
             let spec = TimeToLiveSpecification::builder()
                 .enabled(true)
@@ -79,6 +88,11 @@ pub async fn apply(
             }
             if dry_run {
                 return Ok(format!("would add global secondary index {name}"));
+            }
+            if shutdown.is_cancelled() {
+                return Ok(format!(
+                    "interrupted before adding global secondary index {name}"
+                ));
             }
             let mut keys = vec![(hash_key.clone(), KeyType::Hash)];
             if let Some(r) = range_key {
@@ -155,7 +169,15 @@ pub async fn apply(
                 if active {
                     return Ok(format!("added global secondary index {name}"));
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        return Ok(format!(
+                            "interrupted while DynamoDB builds global secondary index {name}; \
+                             the next run waits for it"
+                        ));
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
             Err(Error::Usage(format!(
                 "index {name} on table {table_name} did not become ACTIVE within an hour; run again once it is"

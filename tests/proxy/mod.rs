@@ -148,6 +148,9 @@ pub struct Stats {
     pub scanned: Vec<(u32, String)>,
     /// Key faults answered, per key.
     pub key_faults: HashMap<String, u32>,
+    /// Requests to the data table that neither read nor write items
+    /// (DescribeTable, UpdateTable, ...), by operation: passed through unmetered.
+    pub table_ops: HashMap<String, u64>,
 }
 
 impl Stats {
@@ -541,6 +544,9 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<
             )),
             _ => Ok(Response::from_parts(rparts, Full::new(rbody))),
         };
+    }
+    if tables.iter().any(|t| *t == s.config.table) {
+        *s.stats.lock().unwrap().table_ops.entry(op).or_default() += 1;
     }
     let (rparts, rbody) = forward(&s, &parts, body).await?;
     Ok(Response::from_parts(rparts, Full::new(rbody)))

@@ -233,16 +233,39 @@ pub fn effective(old: &Attrs, update: &Update) -> Update {
     out
 }
 
+/// [`same_value`], or numbers (also inside lists and maps) that read as the
+/// same f64: what a typed (serde) struct with f64 fields gives back for a
+/// number it did not change. Used for updates computed from typed values, so
+/// that digits an f64 cannot hold are never overwritten by the f64's text.
+pub fn same_typed_value(old: &AttributeValue, new: &AttributeValue) -> bool {
+    use AttributeValue as V;
+    match (old, new) {
+        (V::N(x), V::N(y)) => {
+            same_value(old, new)
+                || matches!((x.parse::<f64>(), y.parse::<f64>()), (Ok(a), Ok(b)) if a == b && a.is_finite())
+        }
+        (V::L(x), V::L(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_typed_value(a, b))
+        }
+        (V::M(x), V::M(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_typed_value(v, w)))
+        }
+        _ => same_value(old, new),
+    }
+}
+
 /// Equality as DynamoDB stores values: numbers compare by value, since DynamoDB
 /// normalizes them ("3.50" is stored and returned as "3.5"); lists and maps
 /// compare element by element.
 pub fn same_value(a: &AttributeValue, b: &AttributeValue) -> bool {
     use AttributeValue as V;
     match (a, b) {
-        (V::N(x), V::N(y)) => normalize_number(x) == normalize_number(y),
+        (V::N(x), V::N(y)) => crate::number::canonical(x) == crate::number::canonical(y),
         (V::Ns(x), V::Ns(y)) => {
-            let mut x: Vec<_> = x.iter().map(|n| normalize_number(n)).collect();
-            let mut y: Vec<_> = y.iter().map(|n| normalize_number(n)).collect();
+            let mut x: Vec<_> = x.iter().map(|n| crate::number::canonical(n)).collect();
+            let mut y: Vec<_> = y.iter().map(|n| crate::number::canonical(n)).collect();
             x.sort();
             y.sort();
             x == y
@@ -261,42 +284,6 @@ pub fn same_value(a: &AttributeValue, b: &AttributeValue) -> bool {
         }
         _ => a == b,
     }
-}
-
-/// A number's canonical form: sign, significant digits, exponent. Falls back
-/// to the text itself when it is not a number DynamoDB would accept.
-fn normalize_number(n: &str) -> String {
-    let n = n.trim();
-    let (neg, body) = match n.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, n.strip_prefix('+').unwrap_or(n)),
-    };
-    let (mantissa, exp) = match body.find(['e', 'E']) {
-        Some(i) => match body[i + 1..].parse::<i64>() {
-            Ok(e) => (&body[..i], e),
-            Err(_) => return n.to_owned(),
-        },
-        None => (body, 0),
-    };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if !(int.bytes().all(|b| b.is_ascii_digit()) && frac.bytes().all(|b| b.is_ascii_digit()))
-        || int.len() + frac.len() == 0
-    {
-        return n.to_owned();
-    }
-    let digits = format!("{int}{frac}");
-    let exp = exp + int.len() as i64;
-    let leading = digits.bytes().take_while(|b| *b == b'0').count();
-    let digits = digits[leading..].trim_end_matches('0');
-    if digits.is_empty() {
-        return "0".into();
-    }
-    format!(
-        "{}0.{}e{}",
-        if neg { "-" } else { "" },
-        digits,
-        exp - leading as i64
-    )
 }
 
 #[derive(Default)]
@@ -477,6 +464,8 @@ mod tests {
         assert!(same_value(&n("3.50"), &n("3.5")));
         assert!(same_value(&n("0042"), &n("42")));
         assert!(same_value(&n("4.2e1"), &n("42")));
+        assert!(same_value(&n("1.0"), &n("1")));
+        assert!(same_value(&n("1e0"), &n("1")));
         assert!(same_value(&n("-0.0"), &n("0")));
         assert!(!same_value(&n("42"), &n("4.2")));
         assert!(!same_value(&n("-1"), &n("1")));

@@ -13,6 +13,7 @@
 //! - [`client`]: the one shared DynamoDB client (SDK retries off).
 //! - [`migration`]: the `Migration` trait, `Item` (read-tracking), `Change`, `Update`.
 //! - `typed`: `Item::parse`'s serde deserializer, recording what the type read.
+//! - [`number`]: `Number`, DynamoDB's 38-digit decimal kept as text.
 //! - [`migrations`]: the migrations compiled into this build (top-level `migrations/`).
 //! - [`run`]: one migration's run: ledger, schema step, the pipeline.
 //! - [`scan`]: segment tasks sending pages into the bounded channel.
@@ -49,6 +50,7 @@ pub mod metrics;
 pub mod migration;
 #[path = "../migrations/mod.rs"]
 pub mod migrations;
+pub mod number;
 pub mod report;
 pub mod run;
 pub mod sample;

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{de::DeserializeOwned, Serialize};
 
+pub use crate::number::Number;
+
 /// A DynamoDB item as the SDK represents it.
 pub type Attrs = HashMap<String, AttributeValue>;
 
@@ -200,9 +202,21 @@ impl From<i64> for Value {
         Value(AttributeValue::N(v.to_string()))
     }
 }
+/// The explicit floating-point path: writes the shortest text that reads
+/// back as `v` (prefer [`Number`] for exact values).
 impl From<f64> for Value {
     fn from(v: f64) -> Self {
         Value(AttributeValue::N(v.to_string()))
+    }
+}
+impl From<Number> for Value {
+    fn from(v: Number) -> Self {
+        Value(AttributeValue::N(v.as_str().to_owned()))
+    }
+}
+impl From<&Number> for Value {
+    fn from(v: &Number) -> Self {
+        Value(AttributeValue::N(v.as_str().to_owned()))
     }
 }
 
@@ -261,11 +275,19 @@ impl Item {
             .map(String::as_str)
     }
 
-    /// The number attribute `name` parsed as f64; `None` when absent or not a number.
-    pub fn get_n(&self, name: &str) -> Option<f64> {
+    /// The number attribute `name`, exactly (all of DynamoDB's 38 digits);
+    /// `None` when absent or not a number.
+    pub fn get_n(&self, name: &str) -> Option<Number> {
         self.get(name)
             .and_then(|v| v.as_n().ok())
-            .and_then(|n| n.parse().ok())
+            .map(|n| Number::stored(n))
+    }
+
+    /// The number attribute `name` as the nearest f64 (digits beyond about 17
+    /// are lost); `None` when absent or not a number. Write an f64 back only
+    /// when the value really changed: see [`Item::update_from`].
+    pub fn get_f64(&self, name: &str) -> Option<f64> {
+        self.get_n(name).map(|n| n.as_f64())
     }
 
     /// True when the attribute `name` is present. Records the read either way:
@@ -309,6 +331,12 @@ impl Item {
     /// knows about (attributes `T` does not have are left alone; `None` fields
     /// serialized as NULL are set to NULL, skipped fields are left alone).
     ///
+    /// A number counts as unchanged when it equals the scanned one by decimal
+    /// value, or when both read as the same f64: a typed field of type f64
+    /// holds a scanned `0.1000000000000000000000000000000000001` as `0.1`,
+    /// and writing that back would only lose digits. (A transform cannot
+    /// mean to set a value an f64 cannot tell from the old one.)
+    ///
     /// # Errors
     /// When `value` cannot be serialized to an item.
     pub fn update_from<T: Serialize>(&self, value: &T) -> Result<Update, TransformError> {
@@ -318,7 +346,7 @@ impl Item {
             if !self
                 .scanned()
                 .get(&name)
-                .is_some_and(|o| crate::diff::same_value(o, &v))
+                .is_some_and(|o| crate::diff::same_typed_value(o, &v))
             {
                 update.set.insert(name, v);
             }
@@ -501,6 +529,45 @@ mod tests {
             !read.contains("blob"),
             "an attribute Order lacks is not a read"
         );
+    }
+
+    #[test]
+    fn numbers_are_read_exactly_and_f64_only_on_request() {
+        let tenth = "0.1000000000000000000000000000000000001";
+        let item = Item::new(HashMap::from([(
+            "total".into(),
+            AttributeValue::N(tenth.into()),
+        )]));
+        assert_eq!(item.get_n("total").unwrap().as_str(), tenth);
+        assert_eq!(item.get_f64("total"), Some(0.1));
+        assert_eq!(item.get_n("missing"), None);
+    }
+
+    #[test]
+    fn update_from_does_not_rewrite_what_an_f64_could_not_hold() {
+        #[derive(serde::Deserialize, serde::Serialize)]
+        struct Order {
+            total: f64,
+            lines: Vec<f64>,
+            count: i64,
+        }
+        let n = |v: &str| AttributeValue::N(v.into());
+        let item = Item::new(HashMap::from([
+            ("total".into(), n("0.1000000000000000000000000000000000001")),
+            (
+                "lines".into(),
+                AttributeValue::L(vec![n("1.00000000000000000001"), n("2")]),
+            ),
+            ("count".into(), n("3")),
+        ]));
+        let order: Order = item.parse().unwrap();
+        assert!(item.update_from(&order).unwrap().is_empty());
+        let changed = Order {
+            total: 0.2,
+            ..order
+        };
+        let u = item.update_from(&changed).unwrap();
+        assert_eq!(u.set, BTreeMap::from([("total".to_string(), n("0.2"))]));
     }
 
     #[test]

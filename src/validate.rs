@@ -18,6 +18,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use crate::diff::Planned;
 use crate::limiter::{item_size, value_size};
 use crate::migration::{Attrs, Change};
+use crate::number::{decimal, problem as number_problem};
 use crate::table::{IndexKey, Scalar};
 
 /// Largest item DynamoDB stores, attribute names included: 400 KB.
@@ -28,12 +29,7 @@ pub const MAX_EXPRESSION_BYTES: usize = 4 * 1024;
 pub const MAX_OPERATORS: usize = 300;
 /// Most bytes of all expression attribute names and values together: 2 MB.
 pub const MAX_SUBSTITUTION_BYTES: usize = 2 * 1024 * 1024;
-/// Significant digits a number may have.
-pub const MAX_DIGITS: usize = 38;
-/// Largest decimal exponent of a number (9.9999999999999999999999999999999999999E+125).
-pub const MAX_EXPONENT: i64 = 125;
-/// Smallest decimal exponent of a non-zero number (1E-130).
-pub const MIN_EXPONENT: i64 = -130;
+pub use crate::number::{MAX_DIGITS, MAX_EXPONENT, MIN_EXPONENT};
 /// Levels lists and maps may nest.
 pub const MAX_DEPTH: usize = 32;
 /// Longest partition key value (of a table or an index), in bytes.
@@ -225,73 +221,6 @@ fn duplicate<T: Ord>(items: impl Iterator<Item = T>) -> Option<T> {
             return Some(i);
         }
         seen.insert(i);
-    }
-    None
-}
-
-/// A decimal number as DynamoDB sees it: sign, significant digits (no leading
-/// or trailing zeros; empty for zero) and the exponent of the first digit.
-#[derive(Debug, PartialEq)]
-struct Decimal {
-    negative: bool,
-    digits: String,
-    exponent: i64,
-}
-
-/// Parses decimal text (`-12.5e3`, `.5`, `7.`); `None` for anything else
-/// (`NaN`, `Infinity`, `0x10`, an empty string).
-fn decimal(n: &str) -> Option<Decimal> {
-    let (negative, body) = match n.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, n.strip_prefix('+').unwrap_or(n)),
-    };
-    let (mantissa, exp) = match body.find(['e', 'E']) {
-        Some(i) => (&body[..i], body[i + 1..].parse::<i64>().ok()?),
-        None => (body, 0),
-    };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if !all_digits(int) || !all_digits(frac) || int.len() + frac.len() == 0 {
-        return None;
-    }
-    let all = format!("{int}{frac}");
-    let leading = all.bytes().take_while(|b| *b == b'0').count();
-    let digits = all[leading..].trim_end_matches('0').to_owned();
-    let exponent = exp
-        .checked_add(int.len() as i64)?
-        .checked_sub(leading as i64 + 1)?;
-    Some(Decimal {
-        negative,
-        digits,
-        exponent,
-    })
-}
-
-/// What DynamoDB would reject in the number `n`.
-fn number_problem(n: &str) -> Option<String> {
-    let Some(d) = decimal(n) else {
-        return Some(format!(
-            "{n:?} is not a decimal number (NaN and infinities cannot be stored)"
-        ));
-    };
-    if d.digits.is_empty() {
-        return None; // zero
-    }
-    if d.digits.len() > MAX_DIGITS {
-        return Some(format!(
-            "{n} has {} significant digits; DynamoDB stores at most {MAX_DIGITS}",
-            d.digits.len()
-        ));
-    }
-    if d.exponent > MAX_EXPONENT {
-        return Some(format!(
-            "{n} is larger in magnitude than DynamoDB's largest number (about 1E+126)"
-        ));
-    }
-    if d.exponent < MIN_EXPONENT {
-        return Some(format!(
-            "{n} is smaller in magnitude than DynamoDB's smallest non-zero number (1E-130)"
-        ));
     }
     None
 }

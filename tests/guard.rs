@@ -488,3 +488,88 @@ async fn an_order_cancelled_between_scan_and_write_gets_no_priority() {
     assert_eq!(report.counts.unchanged, 10);
     assert_eq!(report.counts.conflicts, 15);
 }
+
+/// A typed migration over orders with an f64 total: derives a category and,
+/// for orders marked `round`, rounds the total.
+struct TypedTotals;
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct PricedOrder {
+    pk: String,
+    sk: String,
+    status: String,
+    total: f64,
+    category: Option<String>,
+}
+
+impl Migration for TypedTotals {
+    fn id(&self) -> &'static str {
+        "20260101_typed_totals"
+    }
+    fn description(&self) -> &'static str {
+        "test migration: typed round trip of f64 totals"
+    }
+    fn transform(&self, item: &Item) -> Result<Change, TransformError> {
+        let order: PricedOrder = item.parse()?;
+        let total = if order.status == "round" {
+            order.total.round()
+        } else {
+            order.total
+        };
+        let new = PricedOrder {
+            category: Some(format!("c-{}", order.status)),
+            total,
+            ..order
+        };
+        Ok(item.update_from(&new)?.into())
+    }
+}
+
+const TENTH: &str = "0.1000000000000000000000000000000000001";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_number_an_f64_cannot_hold_keeps_its_exact_text_through_a_typed_transform() {
+    let state = TestTable::named("state");
+    let totals = [TENTH, "12345678901234567890.123456789", "2.5", "7"];
+    let items: Vec<Attrs> = (0..8)
+        .map(|i| {
+            let mut item = key(i);
+            item.insert("total".into(), n(totals[i as usize % 4]));
+            let status = if i >= 4 { "round" } else { "open" };
+            item.insert("status".into(), s(status));
+            item
+        })
+        .collect();
+    let table = table_with("guard-numbers", &items).await;
+    let report = run::run(
+        &client(),
+        Arc::new(TypedTotals),
+        &table.name,
+        &plan(&state),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Done);
+    let after = read_all(&client(), &table.name).await;
+    for (i, before) in items.iter().enumerate() {
+        let k = key_string(before);
+        let got = &after[&k];
+        assert_eq!(
+            got["category"],
+            s(&format!("c-{}", before["status"].as_s().unwrap()))
+        );
+        let want = match i {
+            // Unchanged in value: the exact text stays, whatever an f64 made of it.
+            0..4 => totals[i],
+            // Rounding changed these: the new value is written.
+            4 => "0",
+            6 => "3",
+            // Rounding a number beyond f64's precision gives the same f64: no
+            // change an f64 can express, so the exact text stays.
+            5 => totals[1],
+            _ => "7",
+        };
+        assert_eq!(got["total"], n(want), "{k}");
+    }
+}

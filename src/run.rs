@@ -826,22 +826,28 @@ struct Pipes {
     starts: Vec<SegmentState>,
 }
 
-/// What every write is conditioned on besides the transform's reads: the
-/// version attribute (the plan's, else the migration's) and the scan filter.
-fn guard(
+/// The scan options and what every write is conditioned on besides the
+/// transform's reads: the version attribute (the plan's, else the
+/// migration's), which a projected scan must then fetch, and the scan filter.
+fn scan_and_guard(
     migration: &dyn Migration,
     plan: &Plan,
-    options: &crate::migration::ScanOptions,
-) -> crate::diff::Guard {
+) -> (crate::migration::ScanOptions, crate::diff::Guard) {
+    let mut options = migration.scan_options();
     let version = plan
         .version_attribute
         .clone()
         .or_else(|| migration.version_attribute().map(str::to_owned));
+    if let (Some(attrs), Some(v)) = (options.projection.as_mut(), version.as_ref()) {
+        if !attrs.contains(v) {
+            attrs.push(v.clone());
+        }
+    }
     let filter = options
         .filter
         .as_deref()
         .map(|expr| crate::diff::Filter::new(expr, &options.filter_names, &options.filter_values));
-    crate::diff::Guard { version, filter }
+    (options, crate::diff::Guard { version, filter })
 }
 
 async fn pipeline(
@@ -860,14 +866,7 @@ async fn pipeline(
     } = pipes;
     let migration = prepared.migration.clone();
     let info = &prepared.table;
-    let mut options = migration.scan_options();
-    let guard = guard(migration.as_ref(), plan, &options);
-    if let (Some(attrs), Some(v)) = (options.projection.as_mut(), guard.version.as_ref()) {
-        // The version attribute is conditioned on: the scan must fetch it.
-        if !attrs.contains(v) {
-            attrs.push(v.clone());
-        }
-    }
+    let (options, guard) = scan_and_guard(migration.as_ref(), plan);
     let spec = Arc::new(ScanSpec {
         table: info.name.clone(),
         total_segments: starts.len() as u32,
@@ -1001,5 +1000,65 @@ async fn pipeline(
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migration::{Change, Item, ScanOptions, TransformError};
+
+    struct Projected;
+
+    impl Migration for Projected {
+        fn id(&self) -> &'static str {
+            "20260101_projected"
+        }
+        fn description(&self) -> &'static str {
+            "test"
+        }
+        fn scan_options(&self) -> ScanOptions {
+            ScanOptions {
+                projection: Some(vec!["status".into()]),
+                filter: Some("#s = :p".into()),
+                filter_names: [("#s".to_string(), "status".to_string())].into(),
+                filter_values: [(
+                    ":p".to_string(),
+                    aws_sdk_dynamodb::types::AttributeValue::S("pending".into()),
+                )]
+                .into(),
+                ..Default::default()
+            }
+        }
+        fn version_attribute(&self) -> Option<&str> {
+            Some("version")
+        }
+        fn transform(&self, _: &Item) -> Result<Change, TransformError> {
+            Ok(Change::Keep)
+        }
+    }
+
+    #[test]
+    fn the_version_attribute_is_fetched_and_guarded_and_the_flag_wins() {
+        let (options, guard) = scan_and_guard(&Projected, &Plan::default());
+        assert_eq!(guard.version.as_deref(), Some("version"));
+        assert_eq!(
+            options.projection,
+            Some(vec!["status".to_string(), "version".to_string()])
+        );
+        let filter = guard.filter.unwrap();
+        assert_eq!(filter.expr, "#dynbulk_f_s = :dynbulk_f_p");
+        assert_eq!(filter.names["#dynbulk_f_s"], "status");
+
+        let plan = Plan {
+            version_attribute: Some("rev".into()),
+            ..Plan::default()
+        };
+        let (options, guard) = scan_and_guard(&Projected, &plan);
+        assert_eq!(guard.version.as_deref(), Some("rev"));
+        assert_eq!(
+            options.projection,
+            Some(vec!["status".to_string(), "rev".to_string()])
+        );
     }
 }

@@ -573,3 +573,65 @@ async fn a_number_an_f64_cannot_hold_keeps_its_exact_text_through_a_typed_transf
         assert_eq!(got["total"], n(want), "{k}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_version_attribute_flag_makes_the_binary_increment_it_on_every_write() {
+    let state = TestTable::named("state");
+    let items: Vec<Attrs> = (0..12)
+        .map(|i| {
+            let mut item = key(i);
+            // Items without status are kept by the reference migration: no write.
+            if i % 3 != 0 {
+                item.insert("status".into(), s("pending"));
+            }
+            if i % 2 == 0 {
+                item.insert("rev".into(), n("5"));
+            }
+            item
+        })
+        .collect();
+    let table = table_with("guard-flag", &items).await;
+    let dead_letter = std::env::temp_dir().join(format!("{}.jsonl", unique("dl")));
+    let out = dynbulk()
+        .args([
+            "run",
+            "--migration",
+            "20241220_add_status_category_fields",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+            "--unlimited",
+            "--progress",
+            "off",
+            "--version-attribute",
+            "rev",
+            "--dead-letter",
+        ])
+        .arg(&dead_letter)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = read_all(&client(), &table.name).await;
+    for before in &items {
+        let k = key_string(before);
+        let got = &after[&k];
+        let written = before.contains_key("status");
+        let want_rev = match (before.get("rev"), written) {
+            (Some(_), true) => Some(n("6")),
+            (None, true) => Some(n("1")),
+            (rev, false) => rev.cloned(),
+        };
+        assert_eq!(got.get("rev"), want_rev.as_ref(), "{k}");
+        assert_eq!(
+            got.get("statusCategory"),
+            written.then(|| s("active")).as_ref(),
+            "{k}"
+        );
+    }
+}

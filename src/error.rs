@@ -180,7 +180,7 @@ impl std::error::Error for AwsError {}
 
 /// Throttling error codes. DynamoDB uses the first; the others come from the
 /// shared AWS front end and from account-level request limits.
-const THROTTLE_CODES: &[&str] = &[
+pub const THROTTLE_CODES: &[&str] = &[
     "ProvisionedThroughputExceededException",
     "ThrottlingException",
     "RequestLimitExceeded",

@@ -60,6 +60,31 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Run states for [`RUN_STATE`].
 pub const STATES: &[&str] = &["running", "stopped", "done", "failed"];
 
+/// Every DynamoDB operation dynbulk meters (the `op` label of [`THROTTLED`],
+/// [`RETRIES`] and [`LATENCY`]); [`request`] checks it in debug builds.
+pub const OPS: &[&str] = &["Scan", "UpdateItem", "DeleteItem", "GetItem", "Query"];
+
+/// Reasons a request is retried (the `reason` label of [`RETRIES`]).
+pub const RETRY_REASONS: &[&str] = &["throttle", "transient"];
+
+/// Item outcomes (the `outcome` label of [`ITEMS`]).
+pub const OUTCOMES: &[&str] = &["updated", "deleted", "unchanged", "failed"];
+
+/// Capacity kinds (the `kind` label of [`CONSUMED`]).
+pub const KINDS: &[&str] = &["read", "write"];
+
+/// The `code` label of [`THROTTLED`]: DynamoDB's throttling codes, and
+/// `throttled` for a throttle that came without one (HTTP 429).
+fn throttle_codes() -> impl Iterator<Item = &'static str> {
+    crate::error::THROTTLE_CODES
+        .iter()
+        .copied()
+        .chain(std::iter::once(NO_CODE))
+}
+
+/// The throttle code the limiter records when the response carried none.
+const NO_CODE: &str = "throttled";
+
 /// Installs the Prometheus exporter serving `/metrics` on `addr`.
 ///
 /// # Errors
@@ -136,8 +161,46 @@ pub fn describe() {
     );
 }
 
+/// Exports every counter of a run whose label values are known in advance at
+/// 0, as Prometheus recommends: a dashboard then shows "0 throttles", not
+/// "No data", and `rate()` sees the first increment. Counters without run
+/// labels (throttles, retries) are shared by the migrations of one process,
+/// so they are registered (incremented by 0), never reset.
+pub fn zero(labels: &RunLabels) {
+    let base = [
+        ("migration", labels.migration.clone()),
+        ("table", labels.table.clone()),
+    ];
+    let with = |name: &'static str, value: &'static str| {
+        let mut l = base.to_vec();
+        l.push((name, value.to_owned()));
+        l
+    };
+    counter!(ITEMS_SCANNED, &base).increment(0);
+    for outcome in OUTCOMES {
+        counter!(ITEMS, &with("outcome", outcome)).increment(0);
+    }
+    counter!(CONFLICTS, &base).increment(0);
+    for kind in KINDS {
+        counter!(CONSUMED, &with("kind", kind)).increment(0);
+    }
+    counter!(CHECKPOINTS, &base).increment(0);
+    for op in OPS {
+        for code in throttle_codes() {
+            counter!(THROTTLED, "op" => *op, "code" => code).increment(0);
+        }
+        for reason in RETRY_REASONS {
+            counter!(RETRIES, "op" => *op, "reason" => *reason).increment(0);
+        }
+    }
+}
+
 /// One DynamoDB request attempt finished after `elapsed`.
 pub fn request(op: &'static str, elapsed: Duration) {
+    debug_assert!(
+        OPS.contains(&op),
+        "{op} is missing from metrics::OPS, so its series are not exported at 0"
+    );
     histogram!(LATENCY, "op" => op).record(elapsed.as_secs_f64());
 }
 

@@ -607,6 +607,7 @@ async fn execute_unlocked(
         table: table_name.to_owned(),
     };
     let started_unix = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+    metrics::zero(&labels);
     metrics::run_state(&labels, "running", started_unix);
     let done_before = state.as_ref().map(|s| s.counts.scanned).unwrap_or(0);
     let segments_before = state

@@ -5,6 +5,7 @@
 mod common;
 mod proxy;
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 
@@ -299,4 +300,157 @@ async fn progress_bar_only_on_a_terminal() {
         screen.contains("items scanned:"),
         "the report follows the bar: {screen}"
     );
+}
+
+/// One sample of a Prometheus text exposition: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parses `name{a="x",b="y"} 0` lines (comments skipped).
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let labels = rest
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        let (k, v) = l.split_once('=').unwrap();
+                        (k.to_owned(), v.trim_matches('"').to_owned())
+                    })
+                    .collect();
+                (name.to_owned(), labels)
+            }
+            None => (series.to_owned(), BTreeMap::new()),
+        };
+        out.push((name, labels, value.parse().unwrap()));
+    }
+    out
+}
+
+/// Counters whose label values are known in advance exist at 0 from the start
+/// of a run: a run without a throttle, a retry, a conflict or a failed item
+/// exports every such series with value 0 (dashboards show 0, not "No data").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_with_known_labels_are_exported_at_zero() {
+    use std::io::{BufRead, BufReader};
+
+    const ITEMS: u64 = 500;
+    let (table, items) = small_items_table("orders-zero", ITEMS, 33).await;
+    let state = TestTable::named("state");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut child = dynbulk()
+        .args([
+            "run",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+            "--unlimited",
+            "--progress",
+            "off",
+            "--metrics-addr",
+            &metrics_addr,
+            // An upper bound: the test scrapes as soon as the report is out, then ends the process.
+            "--metrics-hold",
+            "300",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The report is printed once the run is over and its last values published.
+    // (The pipe stays open until the scrape: the report goes on after `duration`.)
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut report = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        report.push_str(&line);
+        report.push('\n');
+        if line.trim_start().starts_with("duration:") {
+            break;
+        }
+    }
+    let scraped = Command::new("curl")
+        .args(["-sf", &format!("http://{metrics_addr}/metrics")])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(lines);
+    assert!(scraped.status.success(), "no /metrics:\n{report}");
+    let samples = parse_exposition(&String::from_utf8(scraped.stdout).unwrap());
+
+    // The run itself: every item migrated, nothing throttled or failed.
+    assert_migrated(&table.name, &items).await;
+    assert_eq!(count(&report, "errors"), 0, "{report}");
+    assert_eq!(count(&report, "throttled"), 0, "{report}");
+    assert_eq!(count(&report, "retried faults"), 0, "{report}");
+
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.2)
+    };
+    let mut missing = Vec::new();
+    let mut want_zero = |name: &str, labels: Vec<(&str, &str)>| match value(name, &labels) {
+        Some(0.0) => {}
+        other => missing.push(format!("{name}{labels:?} = {other:?}")),
+    };
+    let run = [("migration", MIGRATION), ("table", table.name.as_str())];
+    // Every operation dynbulk meters, every throttling code DynamoDB answers
+    // with (and `throttled` when there is none), every retry reason.
+    let ops = ["Scan", "UpdateItem", "DeleteItem", "GetItem", "Query"];
+    let codes = [
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "Throttling",
+        "TooManyRequestsException",
+        "throttled",
+    ];
+    for op in ops {
+        for code in codes {
+            want_zero(
+                "dynbulk_throttled_requests_total",
+                vec![("op", op), ("code", code)],
+            );
+        }
+        for reason in ["throttle", "transient"] {
+            want_zero(
+                "dynbulk_retries_total",
+                vec![("op", op), ("reason", reason)],
+            );
+        }
+    }
+    for outcome in ["deleted", "failed"] {
+        let mut labels = run.to_vec();
+        labels.push(("outcome", outcome));
+        want_zero("dynbulk_items_total", labels);
+    }
+    want_zero("dynbulk_write_conflicts_total", run.to_vec());
+    assert!(
+        missing.is_empty(),
+        "series missing or not 0:\n{}",
+        missing.join("\n")
+    );
+    // The counters that did move carry the run's values.
+    let mut labels = run.to_vec();
+    labels.push(("outcome", "updated"));
+    let changed = items
+        .iter()
+        .filter(|i| expected_after_example(i) != **i)
+        .count() as f64;
+    assert_eq!(value("dynbulk_items_total", &labels), Some(changed));
 }

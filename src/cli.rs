@@ -209,6 +209,9 @@ pub struct RunArgs {
     /// default: dynbulk-dead-letter-<time>.jsonl in the current directory.
     #[arg(long, value_name = "PATH", help_heading = "Errors")]
     pub dead_letter: Option<PathBuf>,
+    /// The run's lock lease (for tests: a few seconds keeps takeover tests short).
+    #[arg(long, hide = true, env = "DYNBULK_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub lease: std::time::Duration,
 }
 
 impl RunArgs {
@@ -247,6 +250,7 @@ impl RunArgs {
             limits: self.limits(),
             restart: self.restart,
             version_attribute: self.version_attribute.clone(),
+            lease: self.lease,
         }
     }
 }

@@ -28,7 +28,8 @@
 //! - [`schema`]: idempotent schema steps (TTL, GSI).
 //! - [`ledger`]: the state table's record of what ran where.
 //! - [`checkpoint`]: per-segment checkpoints, the acknowledgement watermark, resume state.
-//! - [`lock`]: one runner per migration and table (lease + heartbeat).
+//! - [`lock`]: one runner per migration and table (lease, heartbeat, takeover).
+//! - [`fence`]: a held lock's epoch and lease deadline, which state writes prove.
 //! - [`status`]: the `dynbulk status` listing.
 //! - [`deadletter`]: the JSON-lines file of failed items.
 //! - [`report`]: counters and the run report.
@@ -43,6 +44,7 @@ pub mod client;
 pub mod deadletter;
 pub mod diff;
 pub mod error;
+pub mod fence;
 pub mod ledger;
 pub mod limiter;
 pub mod lock;

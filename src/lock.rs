@@ -1,27 +1,46 @@
-//! One runner per migration and table: a lock item in the state table with an
-//! owner, a lease that expires, and a heartbeat that renews it.
+//! One runner per migration and table: a lock item in the state table holding
+//! the runner's lease token, a heartbeat counter and the lock's epoch.
 //!
-//! Taking the lock is a conditional write that succeeds when there is no lock
-//! or its lease has expired (its holder died). A holder on this host whose
-//! process no longer exists is taken over at once. The heartbeat renews the
-//! lease conditioned on our token; if that fails, someone took the lock over
-//! and this runner must stop.
+//! Liveness is judged the way the Kinesis Client Library judges shard leases,
+//! without comparing clocks across machines: a held lock is taken over only
+//! after its item was seen unchanged (same token, same heartbeat counter) for
+//! a whole lease period on this process's monotonic clock. A holder that
+//! heartbeats changes the counter every renewal, so it is never taken over,
+//! whatever its clock says. The one shortcut: a holder recorded with this
+//! machine's boot id and this process's pid namespace whose pid no longer
+//! exists is provably dead and is taken over at once. Where the boot id or the
+//! pid namespace cannot be read (macOS, a restricted /proc), the shortcut is
+//! not used. The recorded expiry (`expires_ms`) is the holder's wall clock; it
+//! is shown by `dynbulk status` and never used to decide.
+//!
+//! The holder renews its lease every third of a lease, conditioned on its
+//! token; a refused renewal means the lock was taken over, and a lease that
+//! could not be renewed in time is given up (see [`crate::fence`]): either way
+//! the runner stops writing at once.
+//!
+//! The item is never deleted: releasing the lock removes the holder and keeps
+//! `epoch`, which grows by one with every acquisition, so that the epoch
+//! orders the runners that ever held it (a fencing token).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{AwsError, Class, Error, Result};
+use crate::fence::Fence;
 use crate::ledger::runner_identity;
 use crate::migration::Attrs;
 
-/// How long a lease lasts without a heartbeat.
-pub const LEASE: Duration = Duration::from_secs(15);
-/// How often the heartbeat renews it.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a lease lasts without a renewal, unless the run says otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+
+/// How often a lease of length `lease` is renewed: three times per lease, so
+/// that one slow or lost renewal does not lose it.
+pub fn heartbeat(lease: Duration) -> Duration {
+    lease / 3
+}
 
 /// Who holds a lock.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,9 +53,116 @@ pub struct Holder {
     pub pid: u32,
     /// When it took the lock (RFC 3339).
     pub since: String,
-    /// Lease expiry, epoch milliseconds.
+    /// Lease expiry by the holder's wall clock, epoch milliseconds (for display).
     pub expires_ms: i64,
+    /// The lock's epoch: how many times it was taken, this time included.
+    pub epoch: u64,
+    /// Renewals so far: changes with every heartbeat.
+    pub beat: Option<u64>,
+    /// The holder's lease length, milliseconds.
+    pub lease_ms: Option<u64>,
+    identity: Option<Identity>,
     token: String,
+}
+
+impl Holder {
+    /// What changes whenever the holder is alive: its token and its
+    /// heartbeat counter (older versions renewed the expiry only).
+    fn version(&self) -> Version {
+        match self.beat {
+            Some(beat) => (self.token.clone(), beat, None),
+            None => (self.token.clone(), 0, Some(self.expires_ms)),
+        }
+    }
+}
+
+/// Token, heartbeat counter, and (for holders that have no counter) expiry.
+type Version = (String, u64, Option<i64>);
+
+/// Where a process runs, provably: the kernel's boot id (changes on every
+/// boot, differs between machines) and its pid namespace (containers on one
+/// kernel have their own). Two processes with the same identity see the same
+/// pids.
+#[derive(Debug, Clone, PartialEq)]
+struct Identity {
+    boot_id: String,
+    pid_ns: String,
+}
+
+fn identity() -> Option<Identity> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    // `pid:[4026531836]`: the namespace's inode.
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let boot_id = boot_id.trim().to_owned();
+    let pid_ns = pid_ns.to_string_lossy().into_owned();
+    (!boot_id.is_empty() && !pid_ns.is_empty()).then_some(Identity { boot_id, pid_ns })
+}
+
+/// Whether process `pid` of this pid namespace exists; `None` when that cannot
+/// be told.
+fn pid_exists(pid: u32) -> Option<bool> {
+    #[cfg(unix)]
+    {
+        let pid = libc::pid_t::try_from(pid).ok().filter(|p| *p > 0)?;
+        // Signal 0 checks existence and permission without sending anything.
+        // SAFETY: kill with signal 0 has no effect on any process.
+        if unsafe { libc::kill(pid, 0) } == 0 {
+            return Some(true);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ESRCH) => Some(false),
+            Some(libc::EPERM) => Some(true),
+            _ => None,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        None
+    }
+}
+
+/// The holder is dead beyond doubt: same machine and boot, same pid
+/// namespace, and its pid no longer exists. A reused pid only makes this
+/// answer "not provably dead", never the reverse.
+fn provably_dead(h: &Holder, mine: Option<&Identity>) -> bool {
+    match (&h.identity, mine) {
+        (Some(theirs), Some(mine)) if theirs == mine => {
+            h.pid != std::process::id() && pid_exists(h.pid) == Some(false)
+        }
+        _ => false,
+    }
+}
+
+/// What an acquirer concludes from watching a held lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Not seen unchanged for a whole lease period yet.
+    Wait,
+    /// It changed while watched: its holder is alive.
+    Alive,
+    /// Unchanged for a whole lease period: its holder is gone.
+    Expired,
+}
+
+/// The Kinesis Client Library's rule: a lease is expired when this process
+/// has seen it unchanged for `period` on its own monotonic clock. `watch`
+/// is what was first seen and when.
+fn judge(
+    watch: &mut Option<(Version, Instant)>,
+    seen: Version,
+    now: Instant,
+    period: Duration,
+) -> Verdict {
+    match watch {
+        None => {
+            *watch = Some((seen, now));
+            Verdict::Wait
+        }
+        Some((first, _)) if *first != seen => Verdict::Alive,
+        Some((_, since)) if now.duration_since(*since) >= period => Verdict::Expired,
+        Some(_) => Verdict::Wait,
+    }
 }
 
 /// A held lock. Dropping it does not release it; call [`Lock::release`].
@@ -46,8 +172,9 @@ pub struct Lock {
     pk: String,
     token: String,
     heartbeat: tokio::task::JoinHandle<()>,
-    /// Fires when the lock was lost (taken over); the run must stop.
-    pub lost: CancellationToken,
+    /// The lease: its epoch and until when it is held. Lost when the lock is
+    /// taken over or cannot be renewed in time; the run must then stop writing.
+    pub fence: Fence,
 }
 
 fn pk(table: &str, migration: &str) -> String {
@@ -66,10 +193,6 @@ fn host() -> String {
         .to_owned()
 }
 
-fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
 fn decode(item: &Attrs) -> Option<Holder> {
     let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
     let n = |k: &str| {
@@ -77,12 +200,20 @@ fn decode(item: &Attrs) -> Option<Holder> {
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse::<i64>().ok())
     };
+    let identity = match (s("boot_id"), s("pid_ns")) {
+        (Some(boot_id), Some(pid_ns)) => Some(Identity { boot_id, pid_ns }),
+        _ => None,
+    };
     Some(Holder {
         owner: s("owner")?,
         host: s("host").unwrap_or_default(),
         pid: n("pid").unwrap_or(0) as u32,
         since: s("since").unwrap_or_default(),
-        expires_ms: n("expires_ms")?,
+        expires_ms: n("expires_ms").unwrap_or(0),
+        epoch: n("epoch").unwrap_or(0).max(0) as u64,
+        beat: n("beat").map(|b| b.max(0) as u64),
+        lease_ms: n("lease_ms").map(|l| l.max(0) as u64),
+        identity,
         token: s("token")?,
     })
 }
@@ -121,7 +252,17 @@ pub async fn holder(
     }
 }
 
-/// Takes the lock of `migration` on `table`, or says who holds it.
+/// What a claim of the lock expects to find.
+enum Expect<'a> {
+    /// No holder (no item, or released).
+    Free,
+    /// Exactly this holder, unchanged.
+    Holder(&'a Holder),
+}
+
+/// Takes the lock of `migration` on `table` with a lease of `lease`, or says
+/// who holds it. When it is held, watches it for up to one lease period (the
+/// holder's, if longer) before deciding.
 ///
 /// # Errors
 /// [`Error::Usage`] naming the holder when another live runner has it.
@@ -130,120 +271,264 @@ pub async fn acquire(
     state_table: &str,
     table: &str,
     migration: &str,
+    lease: Duration,
 ) -> Result<Lock> {
     let token = format!("{:016x}", rand::random::<u64>());
     let key = pk(table, migration);
-    let item = |expires: i64| -> Attrs {
-        HashMap::from([
-            ("pk".into(), AttributeValue::S(key.clone())),
-            ("sk".into(), AttributeValue::S("lock".into())),
-            ("owner".into(), AttributeValue::S(runner_identity())),
-            ("host".into(), AttributeValue::S(host())),
-            (
-                "pid".into(),
-                AttributeValue::N(std::process::id().to_string()),
-            ),
-            ("since".into(), AttributeValue::S(crate::ledger::now())),
-            ("token".into(), AttributeValue::S(token.clone())),
-            ("expires_ms".into(), AttributeValue::N(expires.to_string())),
-        ])
+    let mine = identity();
+    let mut watch = None;
+    let mut claims = 0;
+    loop {
+        let h = match holder(client, state_table, table, migration).await? {
+            None => {
+                claims += 1;
+                if let Some(lock) = claim(
+                    client,
+                    state_table,
+                    &key,
+                    &token,
+                    lease,
+                    &mine,
+                    Expect::Free,
+                )
+                .await?
+                {
+                    return Ok(lock);
+                }
+                if claims >= 5 {
+                    return Err(Error::Usage(format!(
+                        "could not take the lock of migration {migration} on table {table}: it keeps changing hands; try again"
+                    )));
+                }
+                continue;
+            }
+            Some(h) => h,
+        };
+        let period = lease.max(Duration::from_millis(h.lease_ms.unwrap_or(0)));
+        let dead_here = provably_dead(&h, mine.as_ref());
+        let first_look = watch.is_none();
+        let verdict = if dead_here {
+            Verdict::Expired
+        } else {
+            judge(&mut watch, h.version(), Instant::now(), period)
+        };
+        match verdict {
+            Verdict::Alive => return Err(busy(&h, table, migration)),
+            Verdict::Wait => {
+                if first_look {
+                    tracing::info!(table, migration, holder = %h.owner, pid = h.pid, "the lock is held; watching whether its holder renews it");
+                }
+                // Often enough to see a renewal within a heartbeat or so.
+                tokio::time::sleep(period / 10).await;
+            }
+            Verdict::Expired => {
+                let lock = claim(
+                    client,
+                    state_table,
+                    &key,
+                    &token,
+                    lease,
+                    &mine,
+                    Expect::Holder(&h),
+                )
+                .await?;
+                if let Some(lock) = lock {
+                    if dead_here {
+                        tracing::warn!(table, migration, previous = %h.owner, pid = h.pid, since = %h.since, "took over the lock of a runner on this machine whose process no longer exists");
+                    } else {
+                        tracing::warn!(table, migration, previous = %h.owner, pid = h.pid, since = %h.since, lease_secs = period.as_secs_f64(), "took over the lock: its holder did not renew it for a whole lease period");
+                    }
+                    return Ok(lock);
+                }
+                // It changed under us: look again.
+                watch = None;
+                claims += 1;
+                if claims >= 5 {
+                    return Err(busy(&h, table, migration));
+                }
+            }
+        }
+    }
+}
+
+fn busy(h: &Holder, table: &str, migration: &str) -> Error {
+    Error::Usage(format!(
+        "migration {migration} on table {table} is already being run by {} (pid {}) since {}; \
+         it renews its lock while it runs. Wait for it to finish; if it died, run again: \
+         its lock is taken over once it has gone a whole lease period without renewal",
+        h.owner, h.pid, h.since
+    ))
+}
+
+/// One conditional write that makes us the holder, if what it expects is
+/// still there; `None` when it is not.
+async fn claim(
+    client: &Client,
+    state_table: &str,
+    key: &str,
+    token: &str,
+    lease: Duration,
+    mine: &Option<Identity>,
+    expect: Expect<'_>,
+) -> Result<Option<Lock>> {
+    let mut names = HashMap::from([
+        ("#owner".to_string(), "owner".to_string()),
+        ("#host".to_string(), "host".to_string()),
+        ("#pid".to_string(), "pid".to_string()),
+        ("#since".to_string(), "since".to_string()),
+        ("#token".to_string(), "token".to_string()),
+        ("#beat".to_string(), "beat".to_string()),
+        ("#lease".to_string(), "lease_ms".to_string()),
+        ("#expires".to_string(), "expires_ms".to_string()),
+        ("#epoch".to_string(), "epoch".to_string()),
+        ("#boot".to_string(), "boot_id".to_string()),
+        ("#ns".to_string(), "pid_ns".to_string()),
+    ]);
+    let n = |v: i64| AttributeValue::N(v.to_string());
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let mut values = HashMap::from([
+        (":owner".to_string(), s(&runner_identity())),
+        (":host".to_string(), s(&host())),
+        (":pid".to_string(), n(i64::from(std::process::id()))),
+        (":since".to_string(), s(&crate::ledger::now())),
+        (":token".to_string(), s(token)),
+        (":zero".to_string(), n(0)),
+        (":one".to_string(), n(1)),
+        (":lease".to_string(), n(lease.as_millis() as i64)),
+        (
+            ":expires".to_string(),
+            n(now_ms() + lease.as_millis() as i64),
+        ),
+    ]);
+    let mut update = "SET #owner = :owner, #host = :host, #pid = :pid, #since = :since, \
+                      #token = :token, #beat = :zero, #lease = :lease, #expires = :expires"
+        .to_owned();
+    match mine {
+        Some(id) => {
+            update.push_str(", #boot = :boot, #ns = :ns");
+            values.insert(":boot".into(), s(&id.boot_id));
+            values.insert(":ns".into(), s(&id.pid_ns));
+        }
+        None => update.push_str(" REMOVE #boot, #ns"),
+    }
+    update.push_str(" ADD #epoch :one");
+    let condition = match expect {
+        Expect::Free => "attribute_not_exists(#token)".to_owned(),
+        Expect::Holder(h) => {
+            values.insert(":old_token".into(), s(&h.token));
+            match h.beat {
+                Some(b) => {
+                    values.insert(":old_beat".into(), n(b as i64));
+                    "#token = :old_token AND #beat = :old_beat".to_owned()
+                }
+                None => {
+                    values.insert(":old_expires".into(), n(h.expires_ms));
+                    "#token = :old_token AND attribute_not_exists(#beat) AND #expires = :old_expires"
+                        .to_owned()
+                }
+            }
+        }
     };
-    for _ in 0..5 {
-        let now = now_ms();
+    names.retain(|k, _| update.contains(k.as_str()) || condition.contains(k.as_str()));
+    for attempt in 0..5 {
+        let sent = Instant::now();
         let r = client
-            .put_item()
+            .update_item()
             .table_name(state_table)
-            .set_item(Some(item(now + LEASE.as_millis() as i64)))
-            .condition_expression("attribute_not_exists(pk) OR expires_ms < :now")
-            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .key("pk", AttributeValue::S(key.to_owned()))
+            .key("sk", AttributeValue::S("lock".into()))
+            .update_expression(&update)
+            .condition_expression(&condition)
+            .set_expression_attribute_names(Some(names.clone()))
+            .set_expression_attribute_values(Some(values.clone()))
+            .return_values(ReturnValue::UpdatedNew)
             .send()
             .await;
         let err = match r {
-            Ok(_) => return Ok(start(client, state_table, key, token)),
+            Ok(out) => {
+                let epoch = out
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get("epoch"))
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let fence = Fence::new(epoch, sent + lease - heartbeat(lease));
+                return Ok(Some(start(client, state_table, key, token, lease, fence)));
+            }
             Err(e) => AwsError::from_sdk(e),
         };
-        if err.class() != Class::ConditionFailed {
-            if matches!(err.class(), Class::Throttle | Class::Transient) {
+        match err.class() {
+            Class::ConditionFailed => return Ok(None),
+            Class::Throttle | Class::Transient if attempt < 4 => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
             }
-            return Err(Error::aws(
-                format!("taking the lock in state table {state_table}"),
-                err,
-            ));
-        }
-        let Some(h) = holder(client, state_table, table, migration).await? else {
-            continue;
-        };
-        let dead_here = h.host == host() && h.pid != std::process::id() && !pid_alive(h.pid);
-        if !dead_here {
-            let expires = chrono::DateTime::from_timestamp_millis(h.expires_ms)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_default();
-            return Err(Error::Usage(format!(
-                "migration {migration} on table {table} is already being run by {} (pid {}) since {}; \
-                 its lease runs until {expires} and is renewed while it runs. Wait for it to finish; \
-                 if it died on another machine, run again after the lease expires",
-                h.owner, h.pid, h.since
-            )));
-        }
-        // Its process is gone: take over at once, conditioned on its token.
-        let now = now_ms();
-        let r = client
-            .put_item()
-            .table_name(state_table)
-            .set_item(Some(item(now + LEASE.as_millis() as i64)))
-            .condition_expression("#t = :old")
-            .expression_attribute_names("#t", "token")
-            .expression_attribute_values(":old", AttributeValue::S(h.token.clone()))
-            .send()
-            .await;
-        if r.is_ok() {
-            tracing::warn!(table, migration, previous = %h.owner, pid = h.pid, since = %h.since, "took over the lock of a runner on this host whose process no longer exists");
-            return Ok(start(client, state_table, key, token));
+            _ => {
+                return Err(Error::aws(
+                    format!("taking the lock in state table {state_table}"),
+                    err,
+                ))
+            }
         }
     }
-    Err(Error::Usage(format!(
-        "could not take the lock of migration {migration} on table {table}: it keeps changing hands; try again"
-    )))
+    unreachable!("the last attempt returns")
 }
 
-fn start(client: &Client, state_table: &str, pk: String, token: String) -> Lock {
-    let lost = CancellationToken::new();
+fn start(
+    client: &Client,
+    state_table: &str,
+    pk: &str,
+    token: &str,
+    lease: Duration,
+    fence: Fence,
+) -> Lock {
+    let beat = heartbeat(lease);
     let heartbeat = {
         let client = client.clone();
         let state_table = state_table.to_owned();
-        let pk = pk.clone();
-        let token = token.clone();
-        let lost = lost.clone();
+        let pk = pk.to_owned();
+        let token = token.to_owned();
+        let fence = fence.clone();
         tokio::spawn(async move {
-            // Our lease is good until this instant (measured from when the
-            // renewal was sent, so a slow answer cannot stretch it).
-            let mut valid_until = std::time::Instant::now() + LEASE;
             loop {
-                tokio::time::sleep(HEARTBEAT).await;
-                let sent = std::time::Instant::now();
+                tokio::select! {
+                    _ = tokio::time::sleep(beat) => {}
+                    _ = tokio::time::sleep_until(fence.until().into()) => {
+                        tracing::error!("the run's lock could not be renewed before its lease ran out; stopping at once");
+                        fence.lose();
+                        return;
+                    }
+                }
+                let sent = Instant::now();
                 let renewal = client
                     .update_item()
                     .table_name(&state_table)
                     .key("pk", AttributeValue::S(pk.clone()))
                     .key("sk", AttributeValue::S("lock".into()))
-                    .update_expression("SET expires_ms = :e")
-                    .condition_expression("#t = :t")
-                    .expression_attribute_names("#t", "token")
+                    .update_expression("SET #expires = :e ADD #beat :one")
+                    .condition_expression("#token = :t")
+                    .expression_attribute_names("#token", "token")
+                    .expression_attribute_names("#beat", "beat")
+                    .expression_attribute_names("#expires", "expires_ms")
                     .expression_attribute_values(
                         ":e",
-                        AttributeValue::N((now_ms() + LEASE.as_millis() as i64).to_string()),
+                        AttributeValue::N((now_ms() + lease.as_millis() as i64).to_string()),
                     )
+                    .expression_attribute_values(":one", AttributeValue::N("1".into()))
                     .expression_attribute_values(":t", AttributeValue::S(token.clone()))
                     .send();
-                match tokio::time::timeout(HEARTBEAT - Duration::from_secs(1), renewal).await {
-                    Ok(Ok(_)) => valid_until = sent + LEASE,
+                // A renewal answered after the lease's end proves nothing.
+                let wait = fence
+                    .until()
+                    .saturating_duration_since(Instant::now())
+                    .min(beat);
+                match tokio::time::timeout(wait, renewal).await {
+                    Ok(Ok(_)) => fence.extend(sent + lease - beat),
                     Ok(Err(e)) => {
                         let e = AwsError::from_sdk(e);
                         if e.class() == Class::ConditionFailed {
-                            tracing::error!(error = %e, "the run's lock was taken over by another runner; stopping");
-                            lost.cancel();
+                            tracing::error!(error = %e, "the run's lock was taken over by another runner; stopping at once");
+                            fence.lose();
                             return;
                         }
                         tracing::warn!(error = %e, "renewing the lock failed; retrying at the next heartbeat");
@@ -252,43 +537,152 @@ fn start(client: &Client, state_table: &str, pk: String, token: String) -> Lock 
                         "renewing the lock timed out; retrying at the next heartbeat"
                     ),
                 }
-                // Stop before the lease can run out under us: another runner
-                // could then take the lock while we still write.
-                if std::time::Instant::now() + HEARTBEAT >= valid_until {
-                    tracing::error!("the lock could not be renewed before its lease ends; stopping with checkpoints saved");
-                    lost.cancel();
-                    return;
-                }
             }
         })
     };
     Lock {
         client: client.clone(),
         state_table: state_table.to_owned(),
-        pk,
-        token,
+        pk: pk.to_owned(),
+        token: token.to_owned(),
         heartbeat,
-        lost,
+        fence,
     }
 }
 
 impl Lock {
-    /// Stops the heartbeat and deletes the lock if it is still ours.
+    /// Stops the heartbeat and, if the lock is still ours, removes us as its
+    /// holder (the item and its epoch stay).
     pub async fn release(self) {
         self.heartbeat.abort();
         let r = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.state_table)
             .key("pk", AttributeValue::S(self.pk.clone()))
             .key("sk", AttributeValue::S("lock".into()))
-            .condition_expression("#t = :t")
-            .expression_attribute_names("#t", "token")
+            .update_expression(
+                "REMOVE #token, #owner, #host, #pid, #since, #beat, #lease, #expires, #boot, #ns",
+            )
+            .condition_expression("#token = :t")
+            .expression_attribute_names("#token", "token")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#host", "host")
+            .expression_attribute_names("#pid", "pid")
+            .expression_attribute_names("#since", "since")
+            .expression_attribute_names("#beat", "beat")
+            .expression_attribute_names("#lease", "lease_ms")
+            .expression_attribute_names("#expires", "expires_ms")
+            .expression_attribute_names("#boot", "boot_id")
+            .expression_attribute_names("#ns", "pid_ns")
             .expression_attribute_values(":t", AttributeValue::S(self.token.clone()))
             .send()
             .await;
         if let Err(e) = r {
-            tracing::warn!(error = %AwsError::from_sdk(e), "could not release the lock; it expires with its lease");
+            tracing::warn!(error = %AwsError::from_sdk(e), "could not release the lock; another runner takes it over once it has gone a lease period without renewal");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(token: &str, beat: u64) -> Version {
+        (token.to_owned(), beat, None)
+    }
+
+    #[test]
+    fn a_lease_is_expired_only_after_a_whole_period_unchanged_on_the_local_clock() {
+        let period = Duration::from_secs(15);
+        let t0 = Instant::now();
+        let mut watch = None;
+        assert_eq!(judge(&mut watch, v("a", 3), t0, period), Verdict::Wait);
+        let almost = t0 + period - Duration::from_millis(1);
+        assert_eq!(judge(&mut watch, v("a", 3), almost, period), Verdict::Wait);
+        assert_eq!(
+            judge(&mut watch, v("a", 3), t0 + period, period),
+            Verdict::Expired
+        );
+    }
+
+    #[test]
+    fn a_renewal_or_a_new_holder_while_watched_means_alive() {
+        let period = Duration::from_secs(15);
+        let t0 = Instant::now();
+        let mut watch = None;
+        judge(&mut watch, v("a", 3), t0, period);
+        assert_eq!(
+            judge(&mut watch, v("a", 4), t0 + Duration::from_secs(1), period),
+            Verdict::Alive,
+            "the heartbeat counter moved"
+        );
+        let mut watch = None;
+        judge(&mut watch, v("a", 3), t0, period);
+        assert_eq!(
+            judge(&mut watch, v("b", 0), t0 + period * 2, period),
+            Verdict::Alive,
+            "someone else took it"
+        );
+        // An older holder renews its expiry only: that is a change too.
+        let mut watch = None;
+        judge(&mut watch, ("a".into(), 0, Some(100)), t0, period);
+        assert_eq!(
+            judge(&mut watch, ("a".into(), 0, Some(200)), t0 + period, period),
+            Verdict::Alive
+        );
+    }
+
+    fn holder_with(identity: Option<Identity>, pid: u32) -> Holder {
+        Holder {
+            owner: "u@h".into(),
+            host: "h".into(),
+            pid,
+            since: String::new(),
+            expires_ms: 0,
+            epoch: 1,
+            beat: Some(0),
+            lease_ms: Some(15_000),
+            identity,
+            token: "t".into(),
+        }
+    }
+
+    #[test]
+    fn only_a_provably_same_machine_and_namespace_allows_the_dead_pid_shortcut() {
+        let Some(mine) = identity() else {
+            return; // no boot id or pid namespace here: the shortcut is never used
+        };
+        // A pid that cannot exist (above the kernel's pid_max limit of 2^22).
+        let gone = 4_194_305 + 17;
+        assert!(provably_dead(
+            &holder_with(Some(mine.clone()), gone),
+            Some(&mine)
+        ));
+        assert!(
+            !provably_dead(
+                &holder_with(Some(mine.clone()), std::process::id()),
+                Some(&mine)
+            ),
+            "a live pid"
+        );
+        let other = Identity {
+            boot_id: "another-boot".into(),
+            pid_ns: mine.pid_ns.clone(),
+        };
+        assert!(!provably_dead(&holder_with(Some(other), gone), Some(&mine)));
+        let container = Identity {
+            boot_id: mine.boot_id.clone(),
+            pid_ns: "pid:[1]".into(),
+        };
+        assert!(!provably_dead(
+            &holder_with(Some(container), gone),
+            Some(&mine)
+        ));
+        assert!(
+            !provably_dead(&holder_with(None, gone), Some(&mine)),
+            "a holder that recorded no identity"
+        );
+        assert!(!provably_dead(&holder_with(Some(mine), gone), None));
     }
 }

@@ -66,6 +66,9 @@ pub struct Plan {
     /// The optimistic-locking version attribute, overriding the migration's
     /// own ([`Migration::version_attribute`]).
     pub version_attribute: Option<String>,
+    /// How long the run's lock lease lasts without a renewal; another runner
+    /// takes the lock over after seeing it unrenewed this long.
+    pub lease: std::time::Duration,
 }
 
 /// One capacity limit as the operator gave it.
@@ -116,6 +119,7 @@ impl Default for Plan {
             },
             restart: false,
             version_attribute: None,
+            lease: lock::DEFAULT_LEASE,
         }
     }
 }
@@ -407,11 +411,18 @@ pub async fn execute(
         return execute_unlocked(client, prepared, plan, shutdown, &ledger, None, observer).await;
     }
     ledger.ensure().await?;
-    let lock = lock::acquire(client, &plan.state_table, table_name, migration.id()).await?;
+    let lock = lock::acquire(
+        client,
+        &plan.state_table,
+        table_name,
+        migration.id(),
+        plan.lease,
+    )
+    .await?;
     // Losing the lock (another runner took it over) stops this run.
     let run_token = shutdown.child_token();
     let watch = {
-        let lost = lock.lost.clone();
+        let lost = lock.fence.lost();
         let run_token = run_token.clone();
         tokio::spawn(async move {
             lost.cancelled().await;
@@ -429,7 +440,7 @@ pub async fn execute(
     )
     .await;
     watch.abort();
-    let lost = lock.lost.is_cancelled();
+    let lost = !lock.fence.held();
     lock.release().await;
     match result {
         Ok(report) if lost => Err(Failure {

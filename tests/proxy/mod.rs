@@ -17,6 +17,15 @@
 //!   endpoint would reject), without reaching the endpoint;
 //! - counts requests, throttles, faults and units per operation, and keeps a
 //!   timeline of served units so tests can check any window.
+//!
+//! For every table, it can also:
+//!
+//! - cut the client off ([`Proxy::cut`]): requests are held, as a network
+//!   partition holds them, and delivered late on [`Proxy::restore`] (even if
+//!   the client gave up waiting) or never ([`Proxy::drop_held`]);
+//! - play a client whose wall clock is off ([`Config::clock_skew_ms`]): every
+//!   number in a request to another table than the data table that looks like
+//!   a time in epoch milliseconds is shifted by the skew.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -97,6 +106,9 @@ pub struct Config {
     pub seed: u64,
     /// Errors for writes of particular items.
     pub key_faults: Vec<KeyFault>,
+    /// Shift of the client's wall clock, milliseconds, applied to epoch-millisecond
+    /// numbers it sends to other tables than the data table (the state table).
+    pub clock_skew_ms: i64,
 }
 
 impl Config {
@@ -109,6 +121,7 @@ impl Config {
             faults: Faults::default(),
             seed: 0,
             key_faults: Vec::new(),
+            clock_skew_ms: 0,
         }
     }
 }
@@ -268,6 +281,16 @@ struct Shared {
     buckets: Mutex<HashMap<Kind, Bucket>>,
     rng: Mutex<rand::rngs::StdRng>,
     epoch: std::sync::atomic::AtomicU32,
+    gate: tokio::sync::watch::Sender<Gate>,
+}
+
+/// Whether requests get through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    /// Held until the gate opens (delivered late) or drops (never delivered).
+    Held,
+    Dropped,
 }
 
 /// A running proxy; stops when dropped.
@@ -305,6 +328,7 @@ impl Proxy {
             stats: Mutex::new(Stats::default()),
             buckets: Mutex::new(buckets),
             epoch: std::sync::atomic::AtomicU32::new(0),
+            gate: tokio::sync::watch::channel(Gate::Open).0,
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -339,6 +363,74 @@ impl Proxy {
     /// Seconds since the proxy started (the timeline's clock).
     pub fn now(&self) -> f64 {
         self.shared.start.elapsed().as_secs_f64()
+    }
+
+    /// Cuts the client off: from now on every request is held, unanswered.
+    pub fn cut(&self) {
+        self.shared.gate.send_replace(Gate::Held);
+    }
+
+    /// Ends the cut: held requests are delivered now, late, and answered if
+    /// the client still waits; new ones pass.
+    pub fn restore(&self) {
+        self.shared.gate.send_replace(Gate::Open);
+    }
+
+    /// Held requests are never delivered (their connections are reset), nor
+    /// any later one.
+    pub fn drop_held(&self) {
+        self.shared.gate.send_replace(Gate::Dropped);
+    }
+}
+
+/// Waits while the gate holds requests; `false` when it drops them.
+async fn through_gate(s: &Shared) -> bool {
+    let mut gate = s.gate.subscribe();
+    loop {
+        match *gate.borrow_and_update() {
+            Gate::Open => return true,
+            Gate::Dropped => return false,
+            Gate::Held => {}
+        }
+        if gate.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Shifts every `{"N": ...}` that reads as a time within ten years of now in
+/// epoch milliseconds by `skew` milliseconds. `true` if anything changed.
+fn skew_times(v: &mut Value, skew: i64) -> bool {
+    const TEN_YEARS_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::String(n)) = map.get_mut("N") {
+                if let Ok(t) = n.parse::<i64>() {
+                    if (t - now).abs() < TEN_YEARS_MS {
+                        *n = (t + skew).to_string();
+                        return true;
+                    }
+                }
+                return false;
+            }
+            let mut changed = false;
+            for v in map.values_mut() {
+                changed |= skew_times(v, skew);
+            }
+            changed
+        }
+        Value::Array(list) => {
+            let mut changed = false;
+            for v in list {
+                changed |= skew_times(v, skew);
+            }
+            changed
+        }
+        _ => false,
     }
 }
 
@@ -378,6 +470,27 @@ enum Fate {
 async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Reset> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(|_| Reset)?.to_bytes();
+    // The request is on its way: a cut holds it, in a task of its own, so
+    // that it is delivered late even when the client has given up on it.
+    if *s.gate.borrow() != Gate::Open {
+        let s2 = s.clone();
+        return tokio::spawn(async move {
+            if !through_gate(&s2).await {
+                return Err(Reset);
+            }
+            handle_open(s2, parts, body).await
+        })
+        .await
+        .map_err(|_| Reset)?;
+    }
+    handle_open(s, parts, body).await
+}
+
+async fn handle_open(
+    s: Arc<Shared>,
+    mut parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, Reset> {
     let op = parts
         .headers
         .get("x-amz-target")
@@ -396,6 +509,20 @@ async fn handle(s: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<
     };
     let kind = kind_of(&op);
     let metered = kind.is_some() && tables.iter().any(|t| *t == s.config.table);
+    let mut json = json;
+    let body = if s.config.clock_skew_ms != 0
+        && !tables.iter().any(|t| *t == s.config.table)
+        && skew_times(&mut json, s.config.clock_skew_ms)
+    {
+        let body = Bytes::from(serde_json::to_vec(&json).unwrap());
+        parts.headers.insert(
+            hyper::header::CONTENT_LENGTH,
+            hyper::header::HeaderValue::from(body.len()),
+        );
+        body
+    } else {
+        body
+    };
 
     if metered {
         let kind = kind.unwrap();

@@ -86,6 +86,7 @@ async fn one_pass(
         stats: stats.clone(),
         item_concurrency: 8,
         max_errors: None,
+        failed_before: 0,
         acks: None,
     });
     let publisher = with_metrics.then(|| {

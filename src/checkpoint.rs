@@ -9,10 +9,19 @@
 //!
 //! State-table layout (partition `run#<table>#<migration>`):
 //! - sort key `run`: the run header (id, TotalSegments, key schema, counts
-//!   over all attempts, attempts, times);
-//! - sort key `segment#<n>`: `done`, or `last_key` (a map: the checkpoint).
+//!   over all attempts, attempts, times, `dead_letters`: the dead-letter file
+//!   of every attempt that had a failure);
+//! - sort key `segment#<n>`: `done`, or `last_key` (a map: the checkpoint),
+//!   and `failed`: items of the segment's acknowledged pages that were
+//!   dead-lettered, saved with the checkpoint itself so that the run's failure
+//!   count never lags behind its checkpoints.
+//!
+//! Dead letters are durable before a checkpoint moves past them: each round,
+//! the checkpointer syncs the dead-letter file and, when the file is new to
+//! the run, names it in the header before it writes any segment.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -20,6 +29,7 @@ use aws_sdk_dynamodb::Client;
 use tokio::sync::mpsc;
 
 use crate::backoff::{retry, Attempts, Backoff};
+use crate::deadletter::DeadLetter;
 use crate::error::{AwsError, Error, Result};
 use crate::ledger::{now, put_state, query_state, SCHEMA_VERSION};
 use crate::migration::Attrs;
@@ -57,6 +67,11 @@ pub struct RunState {
     pub checkpoint_at: Option<String>,
     /// Each segment's state.
     pub segments: Vec<SegmentState>,
+    /// Items dead-lettered in each segment's acknowledged pages, over all attempts.
+    pub segment_failed: Vec<u64>,
+    /// The dead-letter file of every attempt that had a failure, in order of
+    /// first use (absolute paths, on the machine that ran the attempt).
+    pub dead_letters: Vec<String>,
 }
 
 impl RunState {
@@ -173,7 +188,17 @@ impl Store {
                 .ok_or_else(|| self.bad("has malformed key names".into()))?,
             _ => return Err(self.bad("has no key schema".into())),
         };
+        let dead_letters = match header.get("dead_letters") {
+            None => Vec::new(),
+            Some(AttributeValue::L(l)) => l
+                .iter()
+                .map(|v| v.as_s().ok().cloned())
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.bad("has malformed dead-letter file names".into()))?,
+            Some(_) => return Err(self.bad("has malformed dead-letter file names".into())),
+        };
         let mut segments = vec![SegmentState::Start; total_segments as usize];
+        let mut segment_failed = vec![0; total_segments as usize];
         for item in &items {
             let Some(sk) = sk(item) else { continue };
             let Some(num) = sk.strip_prefix("segment#") else {
@@ -196,7 +221,17 @@ impl Store {
                 }
                 _ => return Err(self.bad(format!("for segment {i} does not decode"))),
             };
+            segment_failed[i] = match item.get("failed") {
+                None => 0,
+                Some(v) => v.as_n().ok().and_then(|n| n.parse().ok()).ok_or_else(|| {
+                    self.bad(format!("for segment {i} has a malformed failed count"))
+                })?,
+            };
         }
+        // The segment rows' failures are saved with their checkpoints; the
+        // header's may lag by one round (or be all there is, from a version
+        // that did not count per segment).
+        let failed = n("failed")?.max(segment_failed.iter().sum());
         Ok(Some(RunState {
             run_id: s("run_id").unwrap_or_default(),
             total_segments: total_segments as u32,
@@ -207,7 +242,7 @@ impl Store {
                 updated: n("updated")?,
                 deleted: n("deleted")?,
                 unchanged: n("unchanged")?,
-                failed: n("failed")?,
+                failed,
                 conflicts: n("conflicts")?,
                 throttled: 0,
                 transient: 0,
@@ -216,6 +251,8 @@ impl Store {
             started_at: s("started_at").unwrap_or_default(),
             checkpoint_at: s("checkpoint_at"),
             segments,
+            segment_failed,
+            dead_letters,
         }))
     }
 
@@ -240,6 +277,8 @@ impl Store {
             started_at: now(),
             checkpoint_at: None,
             segments: vec![SegmentState::Start; total_segments as usize],
+            segment_failed: vec![0; total_segments as usize],
+            dead_letters: Vec::new(),
         };
         self.put_header(&state).await?;
         Ok(state)
@@ -250,6 +289,11 @@ impl Store {
     /// # Errors
     /// When the state table cannot be written.
     pub async fn put_header(&self, state: &RunState) -> Result<()> {
+        self.put_header_counting(state, &state.counts).await
+    }
+
+    /// Writes the header with `counts` in place of the state's own.
+    async fn put_header_counting(&self, state: &RunState, counts: &Counts) -> Result<()> {
         let mut item: Attrs = HashMap::from([
             ("pk".into(), AttributeValue::S(self.pk())),
             ("sk".into(), AttributeValue::S("run".into())),
@@ -287,7 +331,19 @@ impl Store {
         if let Some(t) = &state.checkpoint_at {
             item.insert("checkpoint_at".into(), AttributeValue::S(t.clone()));
         }
-        put_counts(&mut item, &state.counts);
+        if !state.dead_letters.is_empty() {
+            item.insert(
+                "dead_letters".into(),
+                AttributeValue::L(
+                    state
+                        .dead_letters
+                        .iter()
+                        .map(|p| AttributeValue::S(p.clone()))
+                        .collect(),
+                ),
+            );
+        }
+        put_counts(&mut item, counts);
         self.put(item).await
     }
 
@@ -302,10 +358,11 @@ impl Store {
             })
     }
 
-    async fn put_segment(&self, segment: u32, state: &SegmentState) -> Result<()> {
+    async fn put_segment(&self, segment: u32, state: &SegmentState, failed: u64) -> Result<()> {
         let mut item: Attrs = HashMap::from([
             ("pk".into(), AttributeValue::S(self.pk())),
             ("sk".into(), AttributeValue::S(format!("segment#{segment}"))),
+            ("failed".into(), AttributeValue::N(failed.to_string())),
         ]);
         match state {
             SegmentState::Start => return Ok(()),
@@ -423,26 +480,36 @@ impl Watermark {
 /// the header; so the state-table cost is at most one write per segment per
 /// round, never more than one per page.
 ///
+/// Before any segment write of a round, the dead-letter records written so
+/// far are synced to disk (workers write a page's records before they
+/// acknowledge it), and a dead-letter file not yet named in the run's header
+/// is named there first. A checkpoint therefore never moves past a failure
+/// that is not on disk, in a file the run's state names.
+///
 /// Returns the counts of the acknowledged pages (added to `state.counts`) and
 /// the number of state-table writes made.
 ///
 /// # Errors
-/// When checkpoints cannot be saved: the run must stop rather than go on
-/// without a way to resume.
+/// When checkpoints cannot be saved, or dead letters cannot be synced: the
+/// run must stop rather than go on without a way to resume.
 pub async fn checkpointer(
     store: Store,
     mut state: RunState,
     mut rx: mpsc::Receiver<Ack>,
-    saves: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    saves: Arc<std::sync::atomic::AtomicU64>,
+    dead_letter: Arc<DeadLetter>,
 ) -> Result<(RunState, u64)> {
     let mut mark = Watermark::new(state.total_segments as usize);
     // Segments that start in the middle have their resume key already saved.
     let mut writes = 0;
+    let file = dead_letter.path().to_string_lossy().into_owned();
     while let Some(first) = rx.recv().await {
+        let counts_before = state.counts;
         let mut dirty = BTreeSet::new();
         let mut take = |ack: Ack, state: &mut RunState, dirty: &mut BTreeSet<u32>| {
             for a in mark.ack(ack) {
                 add(&mut state.counts, &a.counts);
+                state.segment_failed[a.segment as usize] += a.counts.failed;
                 state.segments[a.segment as usize] = match a.last_key {
                     Some(k) => SegmentState::At(k),
                     None => SegmentState::Done,
@@ -457,8 +524,24 @@ pub async fn checkpointer(
         if dirty.is_empty() {
             continue;
         }
+        let named = state.dead_letters.contains(&file);
+        dead_letter.sync().await?;
+        if !named && dead_letter.has_records().await {
+            // Named before any checkpoint moves past its records; the counts
+            // stay those already covered by saved checkpoints.
+            state.dead_letters.push(file.clone());
+            store.put_header_counting(&state, &counts_before).await?;
+            writes += 1;
+            saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         for s in &dirty {
-            store.put_segment(*s, &state.segments[*s as usize]).await?;
+            store
+                .put_segment(
+                    *s,
+                    &state.segments[*s as usize],
+                    state.segment_failed[*s as usize],
+                )
+                .await?;
             writes += 1;
             saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

@@ -1,6 +1,12 @@
 //! The dead-letter file: one JSON line per failed item (table, migration, key in
 //! DynamoDB JSON, error, time), so failures can be inspected and replayed.
-//! The file is created on the first failure only.
+//! The file is created on the first failure only, readable by its owner only
+//! (keys can be personal data).
+//!
+//! A record is handed to the operating system before the item's page is
+//! acknowledged; the checkpointer calls [`DeadLetter::sync`] before it saves a
+//! checkpoint past a page with failures, so a checkpoint never moves past a
+//! dead letter that a crash of the machine could still lose.
 
 use std::path::{Path, PathBuf};
 
@@ -16,12 +22,25 @@ use crate::migration::Attrs;
 #[derive(Debug)]
 pub struct DeadLetter {
     path: PathBuf,
-    file: Mutex<Option<tokio::fs::File>>,
+    file: Mutex<Option<Sink>>,
+}
+
+/// The open file and what is not yet on disk.
+#[derive(Debug)]
+struct Sink {
+    file: tokio::fs::File,
+    /// Records written since the last sync.
+    unsynced: bool,
+    /// The file was created by this run: its directory entry needs a sync too.
+    created: bool,
 }
 
 impl DeadLetter {
     /// A dead-letter sink writing to `path` (appending) once something fails.
+    /// A relative path is made absolute against the current directory, so
+    /// that the run's state names a file a later attempt can find.
     pub fn new(path: PathBuf) -> Self {
+        let path = std::path::absolute(&path).unwrap_or(path);
         DeadLetter {
             path,
             file: Mutex::new(None),
@@ -33,7 +52,15 @@ impl DeadLetter {
         &self.path
     }
 
-    /// Records one failed item.
+    fn io(&self, what: &str, e: std::io::Error) -> Error {
+        Error::io(
+            format!("{what} dead-letter file {}", self.path.display()),
+            e,
+        )
+    }
+
+    /// Records one failed item: the line is written and flushed to the
+    /// operating system before this returns; [`DeadLetter::sync`] puts it on disk.
     ///
     /// # Errors
     /// When the file cannot be created or written: losing the record of a
@@ -56,32 +83,74 @@ impl DeadLetter {
         text.push('\n');
         let mut guard = self.file.lock().await;
         if guard.is_none() {
-            let f = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
+            let created = !tokio::fs::try_exists(&self.path).await.unwrap_or(false);
+            let mut options = tokio::fs::OpenOptions::new();
+            options.create(true).append(true);
+            #[cfg(unix)]
+            options.mode(0o600);
+            let file = options
                 .open(&self.path)
                 .await
-                .map_err(|e| {
-                    Error::io(
-                        format!("opening dead-letter file {}", self.path.display()),
-                        e,
-                    )
-                })?;
-            *guard = Some(f);
+                .map_err(|e| self.io("opening", e))?;
+            *guard = Some(Sink {
+                file,
+                unsynced: false,
+                created,
+            });
         }
-        let f = guard.as_mut().expect("opened above");
-        f.write_all(text.as_bytes()).await.map_err(|e| {
-            Error::io(
-                format!("writing dead-letter file {}", self.path.display()),
-                e,
-            )
-        })?;
-        f.flush().await.map_err(|e| {
-            Error::io(
-                format!("writing dead-letter file {}", self.path.display()),
-                e,
-            )
-        })
+        let sink = guard.as_mut().expect("opened above");
+        sink.unsynced = true;
+        sink.file
+            .write_all(text.as_bytes())
+            .await
+            .map_err(|e| self.io("writing", e))?;
+        sink.file.flush().await.map_err(|e| self.io("writing", e))
+    }
+
+    /// Puts every record written so far on disk (fsync), and the file's
+    /// directory entry when this run created it. Cheap when nothing was
+    /// written since the last call.
+    ///
+    /// # Errors
+    /// When the file or its directory cannot be synced: the checkpoint must
+    /// then not move past the failures.
+    pub async fn sync(&self) -> Result<()> {
+        let mut guard = self.file.lock().await;
+        let Some(sink) = guard.as_mut() else {
+            return Ok(());
+        };
+        if !sink.unsynced {
+            return Ok(());
+        }
+        sink.file
+            .sync_data()
+            .await
+            .map_err(|e| self.io("syncing", e))?;
+        if sink.created {
+            // A new file's name is only durable once its directory is synced.
+            #[cfg(unix)]
+            if let Some(dir) = self.path.parent() {
+                let dir = tokio::fs::File::open(dir)
+                    .await
+                    .map_err(|e| self.io("opening the directory of", e))?;
+                dir.sync_all()
+                    .await
+                    .map_err(|e| self.io("syncing the directory of", e))?;
+            }
+            sink.created = false;
+        }
+        sink.unsynced = false;
+        Ok(())
+    }
+
+    /// Whether any failure was recorded through this sink.
+    pub async fn has_records(&self) -> bool {
+        self.file.lock().await.is_some()
+    }
+
+    /// Whether every record written so far has been synced to disk.
+    pub async fn is_synced(&self) -> bool {
+        self.file.lock().await.as_ref().is_none_or(|s| !s.unsynced)
     }
 }
 
@@ -149,5 +218,31 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["error"], "again");
         assert_eq!(lines[0]["key"]["pk"]["S"], "a");
+    }
+
+    #[tokio::test]
+    async fn the_file_is_private_absolute_and_synced_on_request() {
+        let relative = DeadLetter::new(PathBuf::from("dl.jsonl"));
+        assert_eq!(
+            relative.path(),
+            std::env::current_dir().unwrap().join("dl.jsonl")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let dl = DeadLetter::new(dir.path().join("dl.jsonl"));
+        assert!(dl.is_synced().await, "nothing written, nothing to sync");
+        dl.sync().await.unwrap();
+        assert!(!dl.path().exists(), "created on the first failure only");
+
+        let key: Attrs = HashMap::from([("pk".into(), AttributeValue::S("a".into()))]);
+        dl.record("t", "m", &key, "boom").await.unwrap();
+        assert!(!dl.is_synced().await);
+        dl.sync().await.unwrap();
+        assert!(dl.is_synced().await);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dl.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        }
     }
 }

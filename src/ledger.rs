@@ -312,6 +312,19 @@ impl Ledger {
         if let Some(schema) = &report.schema {
             item.insert("schema".into(), s(schema));
         }
+        // The run's state (which names them too) is deleted once it completes.
+        if !report.dead_letters.is_empty() {
+            item.insert(
+                "dead_letters".into(),
+                AttributeValue::L(
+                    report
+                        .dead_letters
+                        .iter()
+                        .map(|p| s(&p.to_string_lossy()))
+                        .collect(),
+                ),
+            );
+        }
         self.put(item).await
     }
 

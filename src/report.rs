@@ -227,8 +227,9 @@ pub struct Report {
     pub schema: Option<String>,
     /// A few example changes.
     pub samples: Vec<Sample>,
-    /// The dead-letter file, when any item failed.
-    pub dead_letter: Option<PathBuf>,
+    /// The dead-letter files of every attempt of the run that had a failure
+    /// (earlier attempts' first), this one's included.
+    pub dead_letters: Vec<PathBuf>,
     /// Wall-clock duration of the data step.
     pub elapsed: Duration,
     /// Capacity limits and use.
@@ -350,8 +351,9 @@ impl std::fmt::Display for Report {
                 self.state_writes
             )?;
         }
-        if let Some(p) = &self.dead_letter {
-            writeln!(f, "  dead letters:   {}", p.display())?;
+        for (i, p) in self.dead_letters.iter().enumerate() {
+            let label = if i == 0 { "dead letters:" } else { "" };
+            writeln!(f, "  {label:<16}{}", p.display())?;
         }
         if self.dry_run && !self.samples.is_empty() {
             writeln!(f, "  sample changes:")?;

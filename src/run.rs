@@ -475,7 +475,7 @@ async fn execute_unlocked(
         total: None,
         schema: None,
         samples: vec![],
-        dead_letter: None,
+        dead_letters: vec![],
         elapsed: Default::default(),
         capacity: Default::default(),
         state_writes: 0,
@@ -607,6 +607,7 @@ async fn execute_unlocked(
                 st,
                 rx,
                 stats.checkpoint_saves.clone(),
+                dead_letter.clone(),
             ));
             (Some(tx), Some(task))
         }
@@ -689,6 +690,7 @@ async fn execute_unlocked(
             shutdown: shutdown.clone(),
             stats: stats.clone(),
             dead_letter: dead_letter.clone(),
+            failed_before: state.as_ref().map(|s| s.counts.failed).unwrap_or(0),
             budgets: budgets.clone(),
             acks,
             starts,
@@ -732,9 +734,7 @@ async fn execute_unlocked(
     report.counts = stats.counts();
     report.samples = stats.samples();
     report.elapsed = started.elapsed();
-    if report.counts.failed > 0 {
-        report.dead_letter = Some(dead_letter.path().to_owned());
-    }
+    report.dead_letters = dead_letter_files(state.as_ref(), &dead_letter).await;
     let all_done = state
         .as_ref()
         .map(|st| st.segments.iter().all(|s| *s == SegmentState::Done))
@@ -795,6 +795,20 @@ async fn execute_unlocked(
     }
 }
 
+/// The dead-letter files of the run: those its state names (earlier attempts,
+/// and this one once a checkpoint covered a failure), then this attempt's if
+/// it holds records the state does not know of yet (pages not acknowledged,
+/// a dry run).
+async fn dead_letter_files(state: Option<&RunState>, current: &DeadLetter) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = state
+        .map(|s| s.dead_letters.iter().map(PathBuf::from).collect())
+        .unwrap_or_default();
+    if current.has_records().await && !files.iter().any(|f| f == current.path()) {
+        files.push(current.path().to_owned());
+    }
+    files
+}
+
 /// Refuses to resume a run whose stored state no longer fits the table.
 fn check_resumable(state: &RunState, prepared: &Prepared, state_table: &str) -> Result<(), Error> {
     if state.keys != prepared.table.keys {
@@ -833,6 +847,8 @@ struct Pipes {
     shutdown: CancellationToken,
     stats: Arc<Stats>,
     dead_letter: Arc<DeadLetter>,
+    /// Items of the run that failed in earlier attempts.
+    failed_before: u64,
     budgets: Arc<Budgets>,
     acks: Option<mpsc::Sender<Ack>>,
     starts: Vec<SegmentState>,
@@ -872,6 +888,7 @@ async fn pipeline(
         shutdown,
         stats,
         dead_letter,
+        failed_before,
         budgets,
         acks,
         starts,
@@ -913,6 +930,7 @@ async fn pipeline(
         stats: stats.clone(),
         item_concurrency: plan.item_concurrency,
         max_errors: plan.max_errors,
+        failed_before,
         acks,
     });
 
@@ -989,7 +1007,9 @@ async fn pipeline(
             }
             Ok(Err(Stop::ErrorBudget(n))) => {
                 first_error.get_or_insert(Error::Usage(format!(
-                    "stopped: {n} items failed, more than --max-errors allows; see the dead-letter file {} and fix the migration or the data, then run again",
+                    "stopped: {n} items of this run have failed (earlier attempts included), more than --max-errors allows; \
+                     see the dead-letter file {} and those of earlier attempts (the report lists them all), \
+                     fix the migration or the data, then run again (a higher --max-errors lets it go on past more failures)",
                     pool.dead_letter.path().display()
                 )));
             }

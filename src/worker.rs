@@ -37,8 +37,10 @@ pub struct Pool {
     pub stats: Arc<Stats>,
     /// Items of one page in flight at once, per worker.
     pub item_concurrency: usize,
-    /// Stop when more than this many items failed.
+    /// Stop when more than this many items of the run failed (all attempts).
     pub max_errors: Option<u64>,
+    /// Items of the run that failed in earlier attempts.
+    pub failed_before: u64,
     /// Where finished pages are acknowledged (the checkpointer); `None` in dry runs.
     pub acks: Option<mpsc::Sender<Ack>>,
 }
@@ -162,8 +164,11 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
             )));
         }
     }
-    if let Some(max) = pool.max_errors {
-        let failed = pool.stats.failed.load(Relaxed);
+    // The budget is the run's, over all its attempts. A resume whose earlier
+    // attempts already spent it stops at its first new failure, not before
+    // doing anything: raising --max-errors is how to let it go further.
+    if let Some(max) = pool.max_errors.filter(|_| counts.failed > 0) {
+        let failed = pool.failed_before + pool.stats.failed.load(Relaxed);
         if failed > max {
             return Err(Stop::ErrorBudget(failed));
         }

@@ -464,3 +464,277 @@ async fn a_key_hot_past_the_retry_budget_is_dead_lettered_and_the_run_goes_on() 
         assert_eq!(after[&key], want, "{key}");
     }
 }
+
+/// The keys (`pk|sk`) of the records in one dead-letter file, in file order.
+fn records(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let part = |name: &str| v["key"][name]["S"].as_str().unwrap().to_owned();
+            format!("{}|{}", part("pk"), part("sk"))
+        })
+        .collect()
+}
+
+/// The example migration's id (the one the binary runs).
+const EXAMPLE: &str = "20241220_add_status_category_fields";
+
+/// Dead letters belong to the run, not to one attempt: a run stopped by
+/// `--max-errors` and resumed twice, each time with another `--dead-letter`
+/// path, spends one error budget over all its attempts, names every file in
+/// its state, its final report and the ledger, counts every failure, and
+/// every poison item is in exactly one of the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_letters_and_the_error_budget_span_every_attempt_of_a_run() {
+    const POISON: usize = 10;
+    let client = client();
+    let (table, items) = small_items_table("dl-attempts", 120, 41).await;
+    let state = TestTable::named("state");
+    // Items the example migration changes, whose writes DynamoDB rejects.
+    let poison: BTreeSet<String> = items
+        .iter()
+        .filter(|i| expected_after_example(i) != **i)
+        .map(key_string)
+        .take(POISON)
+        .collect();
+    assert_eq!(poison.len(), POISON);
+    let mut config = Config::new(&table.name);
+    config.key_faults = poison
+        .iter()
+        .map(|key| KeyFault {
+            key: key.clone(),
+            code: "ValidationException",
+            message: "One or more parameter values were invalid: An AttributeValue may not contain an empty string",
+            times: u32::MAX,
+        })
+        .collect();
+    let proxy = Proxy::start(&endpoint(), config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = ["first", "second", "third"]
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.jsonl")))
+        .collect();
+    // One item at a time, in scan order: each attempt stops right after the
+    // failure that exceeds the budget.
+    let attempt = |file: &Path, max_errors: u64| {
+        let mut cmd = dynbulk();
+        cmd.env("AWS_ENDPOINT_URL", &proxy.url)
+            .args(["run", "--table", &table.name, "--state-table", &state.name])
+            .args(["--unlimited", "--progress", "off", "--segments", "1"])
+            .args([
+                "--workers",
+                "1",
+                "--item-concurrency",
+                "1",
+                "--page-size",
+                "1",
+            ])
+            .args(["--max-errors", &max_errors.to_string(), "--dead-letter"])
+            .arg(file);
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let header = || async {
+        let pk = format!("run#{}#{EXAMPLE}", table.name);
+        client
+            .get_item()
+            .table_name(&state.name)
+            .key("pk", s(&pk))
+            .key("sk", s("run"))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+            .expect("the unfinished run's header")
+    };
+    let names = |item: &Attrs, attr: &str| -> Vec<String> {
+        match item.get(attr) {
+            Some(AttributeValue::L(l)) => l.iter().map(|v| v.as_s().unwrap().clone()).collect(),
+            other => panic!("{attr} is not a list of file names: {other:?}"),
+        }
+    };
+    let number = |item: &Attrs, attr: &str| -> u64 { item[attr].as_n().unwrap().parse().unwrap() };
+    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+
+    // Attempt 1: --max-errors 2 stops it at its third failure.
+    let (code, stdout, stderr) = attempt(&files[0], 2).await;
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(stderr.contains("--max-errors"), "{stderr}");
+    let h = header().await;
+    assert_eq!(names(&h, "dead_letters"), vec![path(&files[0])], "{h:?}");
+    assert_eq!(number(&h, "failed"), 3, "{h:?}");
+
+    // Attempt 2: --max-errors 4 counts the 3 failures before: it stops at
+    // the run's fifth failure, two more (not five).
+    let (code, stdout, stderr) = attempt(&files[1], 4).await;
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(stdout.contains("resuming:"), "{stdout}");
+    let h = header().await;
+    assert_eq!(
+        names(&h, "dead_letters"),
+        vec![path(&files[0]), path(&files[1])],
+        "{h:?}"
+    );
+    assert_eq!(number(&h, "failed"), 5, "{h:?}");
+    assert_eq!(records(&files[1]).len(), 2);
+
+    // Attempt 3 completes; its report names every file and counts every failure.
+    let (code, stdout, stderr) = attempt(&files[2], 1000).await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert_eq!(count(&stdout, "errors"), 5, "{stdout}");
+    assert!(stdout.contains(", 10 failed (all attempts)"), "{stdout}");
+    let listed: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("dead letters:"))
+        .take(3)
+        .map(|l| l.trim_start().trim_start_matches("dead letters:").trim())
+        .collect();
+    assert_eq!(
+        listed,
+        files
+            .iter()
+            .map(|f| f.to_str().unwrap())
+            .collect::<Vec<_>>(),
+        "{stdout}"
+    );
+    // The run's state is gone once it completed; the ledger keeps the files.
+    let ledger = client
+        .get_item()
+        .table_name(&state.name)
+        .key("pk", s(&format!("ledger#{}", table.name)))
+        .key("sk", s(EXAMPLE))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(
+        names(&ledger, "dead_letters"),
+        files.iter().map(path).collect::<Vec<_>>()
+    );
+    assert_eq!(number(&ledger, "failed"), POISON as u64);
+
+    // Every poison item is in exactly one file, nothing else is; the files
+    // are readable by their owner only.
+    let mut seen = Vec::new();
+    for (file, want) in files.iter().zip([3, 2, 5]) {
+        let keys = records(file);
+        assert_eq!(keys.len(), want, "{}", file.display());
+        seen.extend(keys);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{} is {mode:o}", file.display());
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        poison.iter().cloned().collect::<Vec<_>>(),
+        "each poison item once, in one of the files"
+    );
+    let after = read_all(&client, &table.name).await;
+    assert_eq!(after.len(), items.len());
+    for before in &items {
+        let key = key_string(before);
+        let expected = if poison.contains(&key) {
+            before.clone()
+        } else {
+            expected_after_example(before)
+        };
+        assert_eq!(after[&key], expected, "{key}");
+    }
+}
+
+/// The checkpointer puts dead letters on disk before it saves a checkpoint
+/// past them, and names their file in the run's header. When the file cannot
+/// be synced (its directory was removed), it stops without moving the
+/// checkpoint: a resume redoes that page rather than lose the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_never_moves_past_dead_letters_not_on_disk() {
+    use dynbulk::checkpoint::{checkpointer, Ack, SegmentState, Store};
+    use dynbulk::deadletter::DeadLetter;
+    use dynbulk::report::Counts;
+
+    let client = client();
+    let state = TestTable::named("state");
+    dynbulk::ledger::Ledger::new(client.clone(), state.name.clone())
+        .ensure()
+        .await
+        .unwrap();
+    let key: Attrs = HashMap::from([("pk".into(), s("order#0001"))]);
+    let ack = || Ack {
+        segment: 0,
+        seq: 0,
+        last_key: Some(key.clone()),
+        counts: Counts {
+            scanned: 1,
+            failed: 1,
+            ..Counts::default()
+        },
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let save = |store: Store, dl: Arc<DeadLetter>| {
+        let ack = ack();
+        async move {
+            let run = store.create(1, &["pk".to_string()], None).await.unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(ack).await.unwrap();
+            drop(tx);
+            checkpointer(store, run, rx, Default::default(), dl).await
+        }
+    };
+
+    // The usual case: synced, named, counted with the checkpoint.
+    let store = Store::new(client.clone(), &state.name, "orders", "20250101_synced");
+    let dl = Arc::new(DeadLetter::new(dir.path().join("synced.jsonl")));
+    dl.record("orders", "20250101_synced", &key, "boom")
+        .await
+        .unwrap();
+    let (saved, _) = save(store.clone(), dl.clone()).await.unwrap();
+    assert!(dl.is_synced().await);
+    let loaded = store.load().await.unwrap().unwrap();
+    assert_eq!(loaded.segments, vec![SegmentState::At(key.clone())]);
+    assert_eq!(loaded.segment_failed, vec![1]);
+    assert_eq!(loaded.counts.failed, 1);
+    assert_eq!(loaded.dead_letters, saved.dead_letters);
+    assert_eq!(
+        loaded.dead_letters,
+        vec![dl.path().to_string_lossy().into_owned()]
+    );
+
+    // The record reached the operating system, but its new file's directory is gone.
+    let store = Store::new(client.clone(), &state.name, "orders", "20250101_lost");
+    let gone = dir.path().join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let dl = Arc::new(DeadLetter::new(gone.join("lost.jsonl")));
+    dl.record("orders", "20250101_lost", &key, "boom")
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&gone).unwrap();
+    let error = save(store.clone(), dl)
+        .await
+        .expect_err("the dead letter cannot be made durable");
+    assert!(error.to_string().contains("lost.jsonl"), "{error}");
+    let loaded = store.load().await.unwrap().unwrap();
+    assert_eq!(
+        loaded.segments,
+        vec![SegmentState::Start],
+        "the checkpoint moved"
+    );
+    assert_eq!(loaded.counts.failed, 0);
+    assert!(loaded.dead_letters.is_empty());
+}

@@ -18,6 +18,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, Mutex};
 
 use dynbulk::deadletter::DeadLetter;
+use dynbulk::inflight::{InFlight, BUDGET_BYTES};
 use dynbulk::limiter::{Budget, Budgets};
 use dynbulk::metrics;
 use dynbulk::migration::Attrs;
@@ -115,6 +116,7 @@ async fn one_pass(
             ))
         })
         .collect();
+    let budget = InFlight::new(BUDGET_BYTES);
     let mut it = items.into_iter();
     let mut seq = 0;
     loop {
@@ -127,6 +129,7 @@ async fn one_pass(
             seq,
             items: chunk,
             last_key: None,
+            reservation: budget.reserve(0.0).await,
         })
         .await
         .unwrap();

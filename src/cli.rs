@@ -240,6 +240,7 @@ impl RunArgs {
             workers: self.workers.into(),
             item_concurrency: self.item_concurrency.into(),
             page_size: self.page_size.map(|p| p as i32),
+            inflight_bytes: crate::inflight::BUDGET_BYTES,
             dry_run: self.dry_run,
             rerun: self.rerun,
             max_errors: Some(self.max_errors),

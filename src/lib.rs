@@ -17,6 +17,7 @@
 //! - [`migrations`]: the migrations compiled into this build (top-level `migrations/`).
 //! - [`run`]: one migration's run: ledger, schema step, the pipeline.
 //! - [`scan`]: segment tasks sending pages into the bounded channel.
+//! - [`inflight`]: the bound on bytes of scanned items held in memory; page sizing.
 //! - [`worker`]: the pool that applies transforms to pages.
 //! - [`write`]: one item's transform, conditional write, conflict re-read; dry run.
 //! - [`diff`]: pure change-to-expression logic (SET/REMOVE + condition).
@@ -45,6 +46,7 @@ pub mod deadletter;
 pub mod diff;
 pub mod error;
 pub mod fence;
+pub mod inflight;
 pub mod ledger;
 pub mod limiter;
 pub mod lock;

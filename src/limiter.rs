@@ -444,7 +444,7 @@ pub const PAGE_SHARE: f64 = 0.1;
 /// The Scan `Limit` that keeps one page at most [`PAGE_SHARE`] of a second's read
 /// budget (and within the bucket's burst), given the average item size. A full
 /// 1 MB page costs 128 RCU eventually consistent, 256 strongly consistent.
-/// `None` (unlimited reads) lets DynamoDB fill 1 MB pages.
+/// `None` (unlimited reads): no cap beyond the in-flight page size.
 pub fn page_limit(read_limit: Option<f64>, avg_item_bytes: f64, consistent: bool) -> Option<i32> {
     let limit = read_limit?;
     let page_units = (limit * PAGE_SHARE).max(0.5);

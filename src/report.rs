@@ -253,7 +253,7 @@ pub struct Capacity {
     pub write_rate: Option<f64>,
     /// Estimated write units of the planned writes (what a dry run would cost to apply).
     pub write_estimate: f64,
-    /// Scan page size used; `None` is 1 MB pages.
+    /// Largest Scan page size used; `None`: pages of about 64 KB.
     pub page_size: Option<i32>,
 }
 

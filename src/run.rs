@@ -16,6 +16,7 @@ use crate::backoff::Backoff;
 use crate::checkpoint::{self, Ack, RunState, SegmentState, Store};
 use crate::deadletter::DeadLetter;
 use crate::error::Error;
+use crate::inflight::InFlight;
 use crate::ledger::{self, Ledger, Status};
 use crate::limiter::{self, Budget, Budgets};
 use crate::lock;
@@ -41,8 +42,12 @@ pub struct Plan {
     pub workers: usize,
     /// Items of one page each worker processes at once.
     pub item_concurrency: usize,
-    /// Scan `Limit`; `None` for full 1 MB pages.
+    /// Largest Scan `Limit`; pages are otherwise sized to about
+    /// [`crate::inflight::PAGE_BYTES`] from the items seen.
     pub page_size: Option<i32>,
+    /// Bytes of scanned items held in memory at most (pages being scanned,
+    /// queued, and worked on); [`crate::inflight::BUDGET_BYTES`] by default.
+    pub inflight_bytes: usize,
     /// Send no write of any kind.
     pub dry_run: bool,
     /// Run even when the ledger says applied.
@@ -106,6 +111,7 @@ impl Default for Plan {
             workers: 8,
             item_concurrency: 8,
             page_size: None,
+            inflight_bytes: crate::inflight::BUDGET_BYTES,
             dry_run: false,
             rerun: false,
             max_errors: Some(1000),
@@ -211,7 +217,11 @@ impl std::fmt::Display for Prepared {
                 "  page size:      {p} items (~{:.0} bytes per item)",
                 self.avg_item_bytes
             )?,
-            None => writeln!(f, "  page size:      1 MB pages")?,
+            None => writeln!(
+                f,
+                "  page size:      ~{} KB (items per page follow the item size)",
+                crate::inflight::PAGE_BYTES / 1024
+            )?,
         }
         writeln!(f, "  read limit:     {}", limit(self.read_limit, "RCU"))?;
         writeln!(f, "  write limit:    {}", limit(self.write_limit, "WCU"))?;
@@ -934,8 +944,9 @@ async fn pipeline(
         acks,
     });
 
-    // Pages in the channel are at most 1 MB each: the bound caps memory, and
-    // what a crash makes a resume redo (queued pages are not acknowledged).
+    // Memory is bounded by the in-flight byte budget every page holds from its
+    // Scan until it is done; the channel's bound caps what a crash makes a
+    // resume redo (queued pages are not acknowledged).
     let (tx, rx) = mpsc::channel(plan.workers.max(1));
     let rx = Arc::new(Mutex::new(rx));
     // Stops the scans: on shutdown, on a fatal error, on the error budget.
@@ -949,6 +960,7 @@ async fn pipeline(
             backoff: data_backoff,
             budgets,
             avg_item_bytes: prepared.avg_item_bytes,
+            inflight: InFlight::new(plan.inflight_bytes),
         };
         let stop = stop_scans.clone();
         let concurrency = starts.len().clamp(1, MAX_CONCURRENT_SCANS);

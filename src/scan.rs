@@ -11,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{retry, Attempts, Backoff};
 use crate::error::{AwsError, Error, Result};
-use crate::limiter::{bytes_per_rcu, Budgets, MAX_PAGE_BYTES};
+use crate::inflight::{page_items, InFlight, ItemSize, Reservation};
+use crate::limiter::{bytes_per_rcu, item_size, Budgets, MAX_PAGE_BYTES};
 use crate::migration::{Attrs, ScanOptions};
 use crate::report::Stats;
 
-/// One Scan response: up to 1 MB of items from one segment.
+/// One Scan response from one segment, about [`crate::inflight::PAGE_BYTES`].
 #[derive(Debug)]
 pub struct Page {
     /// Segment number, `0..total_segments`.
@@ -26,6 +27,9 @@ pub struct Page {
     pub items: Vec<Attrs>,
     /// Where the next page starts; `None` on the segment's last page.
     pub last_key: Option<Attrs>,
+    /// The page's bytes held against the run's in-flight budget, until the
+    /// page is done with.
+    pub reservation: Reservation,
 }
 
 /// What every segment task scans.
@@ -35,7 +39,8 @@ pub struct ScanSpec {
     pub table: String,
     /// TotalSegments of the run.
     pub total_segments: u32,
-    /// Scan `Limit`; `None` lets DynamoDB fill 1 MB pages.
+    /// Largest Scan `Limit` (the plan's page size); pages are otherwise sized
+    /// to [`crate::inflight::PAGE_BYTES`] from the items seen.
     pub page_size: Option<i32>,
     /// The migration's scan options.
     pub options: ScanOptions,
@@ -56,8 +61,10 @@ pub struct Scanner {
     pub backoff: Backoff,
     /// Capacity budgets (scans charge the read budget).
     pub budgets: Arc<Budgets>,
-    /// Average item size in bytes, for the first page's cost estimate.
+    /// Average item size in bytes, for the first page's size and cost.
     pub avg_item_bytes: f64,
+    /// The run's bound on scanned bytes in memory.
+    pub inflight: InFlight,
 }
 
 impl Scanner {
@@ -91,24 +98,30 @@ async fn scan_segment(
         backoff,
         budgets,
         avg_item_bytes,
+        inflight,
     } = scanner;
     let backoff = *backoff;
     let per_rcu = bytes_per_rcu(spec.options.consistent_read);
+    let mut size = ItemSize::new(*avg_item_bytes);
     // The first page's cost is estimated from the item size; later pages
     // from what the previous page of this segment really cost.
-    let mut estimate = match spec.page_size {
-        Some(limit) => (f64::from(limit) * avg_item_bytes / per_rcu).min(MAX_PAGE_BYTES / per_rcu),
-        None => MAX_PAGE_BYTES / per_rcu,
-    }
-    .max(0.5);
+    let mut estimate = (f64::from(page_items(size.avg(), spec.page_size)) * size.avg() / per_rcu)
+        .min(MAX_PAGE_BYTES / per_rcu)
+        .max(0.5);
     let mut start = start;
     let mut seq = 0;
     let (projection, mut names) = projection(spec);
     names.extend(spec.options.filter_names.clone());
     loop {
-        if cancel.is_cancelled() {
-            return Ok(());
-        }
+        // The page's bytes are reserved before it is asked for, so the
+        // pages in flight (waiting for the channel, in it, with the workers)
+        // stay within the run's budget whatever the table's size.
+        let limit = page_items(size.avg(), spec.page_size);
+        let mut reservation = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            r = inflight.reserve(f64::from(limit) * size.avg()) => r,
+        };
         let mut attempts = Attempts::default();
         let out = retry(&backoff, &mut attempts, || {
             let req = client
@@ -118,7 +131,7 @@ async fn scan_segment(
                 .total_segments(spec.total_segments as i32)
                 .consistent_read(spec.options.consistent_read)
                 .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
-                .set_limit(spec.page_size)
+                .limit(limit)
                 .set_exclusive_start_key(start.clone())
                 .set_projection_expression(projection.clone())
                 .set_filter_expression(spec.options.filter.clone())
@@ -160,6 +173,9 @@ async fn scan_segment(
             estimate = units.max(0.5);
         }
         let items = out.items.unwrap_or_default();
+        let bytes: usize = items.iter().map(item_size).sum();
+        size.observe(items.len(), bytes);
+        reservation.settle(bytes);
         let last_key = out.last_evaluated_key.filter(|k| !k.is_empty());
         stats
             .scanned
@@ -171,6 +187,7 @@ async fn scan_segment(
             seq,
             items,
             last_key: last_key.clone(),
+            reservation,
         };
         tokio::select! {
             sent = tx.send(page) => if sent.is_err() { return Ok(()) },

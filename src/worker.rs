@@ -78,6 +78,8 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
         seq,
         items,
         last_key,
+        // Held until the page is done: its bytes count against the budget.
+        reservation: _held,
     } = page;
     let n_items = items.len() as u64;
     let mut results = stream::iter(items)

@@ -159,6 +159,8 @@ pub struct Stats {
     pub requests: Vec<(f64, Kind, bool)>,
     /// (epoch, `pk` or `pk|sk`) of every item a Scan of the data table returned.
     pub scanned: Vec<(u32, String)>,
+    /// (seconds since start, items) of every Scan response of the data table.
+    pub scan_pages: Vec<(f64, usize)>,
     /// Key faults answered, per key.
     pub key_faults: HashMap<String, u32>,
     /// Requests to the data table that neither read nor write items
@@ -649,8 +651,9 @@ async fn handle_open(
             st.requests.push((t, kind, false));
             if op == "Scan" && rparts.status == StatusCode::OK {
                 let epoch = s.epoch.load(std::sync::atomic::Ordering::SeqCst);
-                st.scanned
-                    .extend(scanned_keys(&rbody).into_iter().map(|k| (epoch, k)));
+                let keys = scanned_keys(&rbody);
+                st.scan_pages.push((t, keys.len()));
+                st.scanned.extend(keys.into_iter().map(|k| (epoch, k)));
             }
             let o = st.ops.entry(op.clone()).or_default();
             o.units += units;

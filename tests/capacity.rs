@@ -132,6 +132,16 @@ async fn throttling_is_survived_and_the_rate_settles_near_capacity() {
         w.capacity_throttled > 0,
         "the proxy never throttled: the test did not test throttling"
     );
+    // Slow start: the run finds the table's capacity from below, so over the
+    // whole run, startup included, few writes are throttled (starting at the
+    // full limit of 3x capacity, 4-9% were: the bucket emptied at once and the
+    // rate took several cuts to come down).
+    let share = w.throttled as f64 / w.requests as f64;
+    assert!(
+        share <= 0.03,
+        "{:.1}% of write requests were throttled",
+        share * 100.0
+    );
     // Accepted band: the controller's working rate ends between half and 1.2x
     // the capacity (it starts at 3x).
     assert!(

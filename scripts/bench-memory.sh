@@ -8,6 +8,7 @@
 #
 #   scripts/bench-memory.sh                      # 10k, 100k, 1M
 #   BENCH_ITEMS="10000 100000" scripts/bench-memory.sh
+#   BENCH_BIN=/path/to/other/release scripts/bench-memory.sh   # binaries built elsewhere (before/after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 items="${BENCH_ITEMS:-10000 100000 1000000}"
@@ -17,8 +18,12 @@ if ! [ -x /usr/bin/time ]; then
   echo "the memory bench needs GNU time (/usr/bin/time): apt-get install time" >&2
   exit 1
 fi
-cargo build --release --bins
-bin="${CARGO_TARGET_DIR:-target}/release"
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin="$BENCH_BIN"
+else
+  cargo build --release --bins
+  bin="${CARGO_TARGET_DIR:-target}/release"
+fi
 
 if [ -z "${DYNAMODB_ENDPOINT:-}" ]; then
   source scripts/dynalite.sh

@@ -78,6 +78,7 @@ async fn one_pass(
         budgets: budgets.clone(),
         guard: Default::default(),
         index_keys: vec![],
+        fence: None,
     });
     let pool = Arc::new(Pool {
         writer,

@@ -12,13 +12,19 @@
 //!   over all attempts, attempts, times, `dead_letters`: the dead-letter file
 //!   of every attempt that had a failure);
 //! - sort key `segment#<n>`: `done`, or `last_key` (a map: the checkpoint),
-//!   and `failed`: items of the segment's acknowledged pages that were
+//!   `failed`: items of the segment's acknowledged pages that were
 //!   dead-lettered, saved with the checkpoint itself so that the run's failure
-//!   count never lags behind its checkpoints.
+//!   count never lags behind its checkpoints, and the run id it belongs to.
 //!
 //! Dead letters are durable before a checkpoint moves past them: each round,
 //! the checkpointer syncs the dead-letter file and, when the file is new to
 //! the run, names it in the header before it writes any segment.
+//!
+//! Every row records the lock epoch of the runner that wrote it and every
+//! write is fenced (see [`crate::fence`]). A segment row of another run — one
+//! a runner that had lost the lock wrote after the run was restarted — is
+//! not a checkpoint of this run: loading ignores it, and that segment is
+//! scanned from its start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -28,10 +34,10 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use tokio::sync::mpsc;
 
-use crate::backoff::{retry, Attempts, Backoff};
 use crate::deadletter::DeadLetter;
-use crate::error::{AwsError, Error, Result};
-use crate::ledger::{now, put_state, query_state, SCHEMA_VERSION};
+use crate::error::{Error, Result};
+use crate::fence::{self, Fence};
+use crate::ledger::{now, query_state, SCHEMA_VERSION};
 use crate::migration::Attrs;
 use crate::report::Counts;
 
@@ -104,17 +110,36 @@ pub struct Store {
     state_table: String,
     table: String,
     migration: String,
+    fence: Option<Fence>,
 }
 
 impl Store {
-    /// Run state of `migration` on `table`, in `state_table`.
+    /// Run state of `migration` on `table`, in `state_table`; reads only
+    /// until given the lock's [`Fence`] with [`Store::fenced`].
     pub fn new(client: Client, state_table: &str, table: &str, migration: &str) -> Self {
         Store {
             client,
             state_table: state_table.to_owned(),
             table: table.to_owned(),
             migration: migration.to_owned(),
+            fence: None,
         }
+    }
+
+    /// The same store, writing under `fence`: every write it makes is
+    /// refused once another runner has the lock.
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    fn fence(&self) -> Result<&Fence> {
+        self.fence.as_ref().ok_or_else(|| {
+            Error::Usage(format!(
+                "run state of migration {} on table {} written without holding its lock",
+                self.migration, self.table
+            ))
+        })
     }
 
     fn pk(&self) -> String {
@@ -197,6 +222,10 @@ impl Store {
                 .ok_or_else(|| self.bad("has malformed dead-letter file names".into()))?,
             Some(_) => return Err(self.bad("has malformed dead-letter file names".into())),
         };
+        let run_id = s("run_id").unwrap_or_default();
+        // Rows written before runs were fenced carry no run id; they are this
+        // run's only when its header is from that time too.
+        let legacy = !header.contains_key(fence::ATTRIBUTE);
         let mut segments = vec![SegmentState::Start; total_segments as usize];
         let mut segment_failed = vec![0; total_segments as usize];
         for item in &items {
@@ -204,6 +233,22 @@ impl Store {
             let Some(num) = sk.strip_prefix("segment#") else {
                 continue;
             };
+            let row_run = item.get("run_id").and_then(|v| v.as_s().ok());
+            let ours = match row_run {
+                Some(id) => *id == run_id,
+                None => legacy,
+            };
+            if !ours {
+                tracing::warn!(
+                    table = %self.table,
+                    migration = %self.migration,
+                    segment = num,
+                    row_run = row_run.map(String::as_str).unwrap_or("none"),
+                    run = %run_id,
+                    "ignoring a checkpoint that belongs to another run (written by a runner that had lost the lock); the segment is scanned from its start"
+                );
+                continue;
+            }
             let i: usize = num
                 .parse()
                 .ok()
@@ -233,7 +278,7 @@ impl Store {
         // that did not count per segment).
         let failed = n("failed")?.max(segment_failed.iter().sum());
         Ok(Some(RunState {
-            run_id: s("run_id").unwrap_or_default(),
+            run_id,
             total_segments: total_segments as u32,
             keys,
             table_id: s("table_id"),
@@ -348,20 +393,27 @@ impl Store {
     }
 
     async fn put(&self, item: Attrs) -> Result<()> {
-        put_state(&self.client, &self.state_table, item)
-            .await
-            .map_err(|e| {
-                Error::aws(
-                    format!("saving checkpoints in state table {}", self.state_table),
-                    e,
-                )
-            })
+        fence::put(
+            &self.client,
+            &self.state_table,
+            item,
+            self.fence()?,
+            &format!("saving checkpoints in state table {}", self.state_table),
+        )
+        .await
     }
 
-    async fn put_segment(&self, segment: u32, state: &SegmentState, failed: u64) -> Result<()> {
+    async fn put_segment(
+        &self,
+        segment: u32,
+        run_id: &str,
+        state: &SegmentState,
+        failed: u64,
+    ) -> Result<()> {
         let mut item: Attrs = HashMap::from([
             ("pk".into(), AttributeValue::S(self.pk())),
             ("sk".into(), AttributeValue::S(format!("segment#{segment}"))),
+            ("run_id".into(), AttributeValue::S(run_id.to_owned())),
             ("failed".into(), AttributeValue::N(failed.to_string())),
         ]);
         match state {
@@ -379,8 +431,9 @@ impl Store {
     /// Deletes the run's header and checkpoints (after success, or on --restart).
     ///
     /// # Errors
-    /// When the state table cannot be read or written.
+    /// When the state table cannot be read or written, or the lock was lost.
     pub async fn delete(&self) -> Result<()> {
+        let fence = self.fence()?;
         let mut keys: Vec<Attrs> = query_state(&self.client, &self.state_table, &self.pk())
             .await
             .map_err(|e| Error::aws("reading checkpoints to delete", e))?
@@ -396,19 +449,15 @@ impl Store {
         // idempotent transforms leave them as they are), never checkpoints
         // without a header.
         keys.sort_by_key(|k| sk(k) == Some("run"));
-        {
-            for key in keys {
-                retry(&Backoff::default(), &mut Attempts::default(), || {
-                    let req = self
-                        .client
-                        .delete_item()
-                        .table_name(&self.state_table)
-                        .set_key(Some(key.clone()));
-                    async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
-                })
-                .await
-                .map_err(|e| Error::aws("deleting checkpoints", e))?;
-            }
+        for key in keys {
+            fence::delete(
+                &self.client,
+                &self.state_table,
+                key,
+                fence,
+                "deleting checkpoints",
+            )
+            .await?;
         }
         Ok(())
     }
@@ -538,6 +587,7 @@ pub async fn checkpointer(
             store
                 .put_segment(
                     *s,
+                    &state.run_id,
                     &state.segments[*s as usize],
                     state.segment_failed[*s as usize],
                 )

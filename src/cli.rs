@@ -39,7 +39,8 @@ Examples:
   dynbulk new \"backfill order totals\"            scaffold migrations/YYYYMMDD_backfill_order_totals.rs
 
 Exit codes: 0 done; 1 done but some items failed (see the dead-letter file);
-2 fatal error or bad usage; 130 interrupted.";
+2 fatal error or bad usage; 3 lost the lock to another runner (stopped
+writing at once); 130 interrupted.";
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -34,6 +34,11 @@ pub enum Error {
         /// What is wrong and what to do.
         message: String,
     },
+    /// This runner can no longer prove it holds the run's lock (another
+    /// runner took it over, or the lease could not be renewed in time), so it
+    /// stopped writing at once. Whoever holds the lock now owns the run.
+    #[error("{0}")]
+    LockLost(String),
     /// Local I/O failed (dead-letter file, migration scaffolding).
     #[error("{context}: {source}")]
     Io {

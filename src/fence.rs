@@ -3,18 +3,43 @@
 //! lease is known to be held.
 //!
 //! The lease is known held until its last successful renewal's send time plus
-//! the lease, minus one heartbeat: another runner takes the lock over only
-//! after seeing it unchanged for a whole lease period (see [`crate::lock`]),
-//! which starts after that renewal landed, so a holder that stops at this
-//! instant has stopped before anyone else can start. After it, or once a
+//! most of the lease ([`crate::lock::held_for`]): another runner takes the
+//! lock over only after seeing it unchanged for a whole lease period (see
+//! [`crate::lock`]), which starts after that renewal landed, so a holder that
+//! stops at this instant has stopped before anyone else can start. After it, or once a
 //! renewal is refused (the lock was taken over), [`Fence::held`] is false and
-//! the runner sends nothing more.
+//! the runner sends nothing more: every state write and every data write
+//! attempt checks it, and requests in flight are abandoned.
+//!
+//! State writes (run header, segment checkpoints, ledger entry) are fenced by
+//! the epoch: each state item records the epoch of the runner that wrote it,
+//! and each write is conditioned on the item not holding a newer one. A
+//! transaction with a ConditionCheck on the lock item would say the same
+//! thing, but not every DynamoDB-compatible endpoint has TransactWriteItems
+//! (dynalite, the test endpoint, does not); the epoch condition has the
+//! effect that matters: once the runner that took the lock over has written
+//! an item, nothing the old holder sends, however late it arrives, can
+//! overwrite it. The rows the new runner has not written yet are told apart
+//! by their run id (see [`crate::checkpoint`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
 use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{retry, Attempts, Backoff};
+use crate::error::{AwsError, Class, Error, Result};
+use crate::migration::Attrs;
+
+/// The state-item attribute holding the epoch of the runner that wrote it.
+pub const ATTRIBUTE: &str = "fence";
+
+/// The condition of a fenced write: the item was never written under a
+/// newer epoch (an equal one is our own earlier write, e.g. a retry).
+const CONDITION: &str = "attribute_not_exists(#fence) OR #fence <= :fence";
 
 /// A held lock's epoch and lease deadline; cheap to clone, shared by every
 /// task of a run.
@@ -54,9 +79,18 @@ impl Fence {
     }
 
     /// Whether the lease is still provably held: not lost, and its deadline
-    /// not passed on the monotonic clock.
+    /// not passed on the monotonic clock. A lease seen past its deadline is
+    /// lost for good, even if a renewal answered just before it is recorded
+    /// an instant later.
     pub fn held(&self) -> bool {
-        !self.inner.lost.is_cancelled() && Instant::now() < self.until()
+        if self.inner.lost.is_cancelled() {
+            return false;
+        }
+        if Instant::now() < self.until() {
+            return true;
+        }
+        self.lose();
+        false
     }
 
     /// Until when the lease is held, unless lost earlier.
@@ -82,6 +116,124 @@ impl Fence {
     pub fn lost(&self) -> CancellationToken {
         self.inner.lost.clone()
     }
+
+    /// The error for `what` not being done because the lease is not held.
+    pub fn lost_error(&self, what: &str) -> Error {
+        Error::LockLost(format!(
+            "{what} was not done: this runner can no longer prove it holds the lock \
+             (lease epoch {}; taken over, or not renewed in time), so it stopped writing at once",
+            self.epoch()
+        ))
+    }
+
+    /// Runs one attempt of a write unless the lease is no longer held; an
+    /// attempt in flight when the lease is lost is abandoned. The error then
+    /// is fatal to [`retry`], so no further attempt is made.
+    pub async fn attempt<T, Fut>(&self, send: Fut) -> std::result::Result<T, AwsError>
+    where
+        Fut: std::future::Future<Output = std::result::Result<T, AwsError>>,
+    {
+        let lost = self.lost();
+        let mut send = std::pin::pin!(send);
+        loop {
+            if !self.held() {
+                return Err(not_held());
+            }
+            // The deadline may move on (a renewal) while the attempt is in flight.
+            let deadline = tokio::time::Instant::from_std(self.until());
+            tokio::select! {
+                r = &mut send => return r,
+                _ = lost.cancelled() => return Err(not_held()),
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+}
+
+/// The error of an attempt refused for want of a lease: no code DynamoDB
+/// uses, no response, so [`crate::error::classify`] calls it fatal.
+fn not_held() -> AwsError {
+    AwsError {
+        code: Some("DynbulkLeaseNotHeld".into()),
+        status: None,
+        message: "the lock's lease is no longer held".into(),
+        no_response: false,
+        construction: false,
+    }
+}
+
+/// Writes one state-table item under `fence`: it records the writer's epoch,
+/// is refused when a newer runner wrote the item, and is not sent (or is
+/// abandoned) once the lease is not held. Throttling and transient faults
+/// are retried.
+///
+/// # Errors
+/// [`Error::LockLost`] when fenced off; [`Error::Aws`] (with `what`) otherwise.
+pub(crate) async fn put(
+    client: &Client,
+    state_table: &str,
+    mut item: Attrs,
+    fence: &Fence,
+    what: &str,
+) -> Result<()> {
+    item.insert(
+        ATTRIBUTE.into(),
+        AttributeValue::N(fence.epoch().to_string()),
+    );
+    let r = retry(&Backoff::default(), &mut Attempts::default(), || {
+        let req = client
+            .put_item()
+            .table_name(state_table)
+            .set_item(Some(item.clone()))
+            .condition_expression(CONDITION)
+            .expression_attribute_names("#fence", ATTRIBUTE)
+            .expression_attribute_values(":fence", AttributeValue::N(fence.epoch().to_string()));
+        fence.attempt(async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) })
+    })
+    .await;
+    outcome(r, fence, what)
+}
+
+/// Deletes one state-table item under `fence`, unless a newer runner wrote it.
+///
+/// # Errors
+/// As [`put`].
+pub(crate) async fn delete(
+    client: &Client,
+    state_table: &str,
+    key: Attrs,
+    fence: &Fence,
+    what: &str,
+) -> Result<()> {
+    let r = retry(&Backoff::default(), &mut Attempts::default(), || {
+        let req = client
+            .delete_item()
+            .table_name(state_table)
+            .set_key(Some(key.clone()))
+            .condition_expression(CONDITION)
+            .expression_attribute_names("#fence", ATTRIBUTE)
+            .expression_attribute_values(":fence", AttributeValue::N(fence.epoch().to_string()));
+        fence.attempt(async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) })
+    })
+    .await;
+    outcome(r, fence, what)
+}
+
+fn outcome(r: std::result::Result<(), AwsError>, fence: &Fence, what: &str) -> Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.class() == Class::ConditionFailed => {
+            // Another runner holds the lock now: ours is gone for good.
+            fence.lose();
+            Err(Error::LockLost(format!(
+                "{what} was refused: a runner that took the lock over after this one (lease epoch {}) \
+                 has written it; this runner stopped writing at once",
+                fence.epoch()
+            )))
+        }
+        Err(_) if !fence.held() => Err(fence.lost_error(what)),
+        Err(e) => Err(Error::aws(what.to_owned(), e)),
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +253,8 @@ mod tests {
 
         let past = Fence::new(1, Instant::now());
         assert!(!past.held(), "a deadline that has passed is not held");
-        assert!(!past.lost().is_cancelled());
+        assert!(past.lost().is_cancelled(), "and the lease is lost for good");
+        past.extend(Instant::now() + Duration::from_secs(60));
+        assert!(!past.held());
     }
 }

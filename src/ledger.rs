@@ -4,7 +4,9 @@
 //!
 //! Layout: partition `ledger#<table>`, sort key `<migration id>`; one item per
 //! migration per target table (the same migration is applied separately to
-//! `orders-dev` and `orders-prod`).
+//! `orders-dev` and `orders-prod`). Entries are written under the run's lock,
+//! fenced (see [`crate::fence`]): a runner that lost the lock cannot
+//! overwrite what the runner that took it over recorded.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use aws_sdk_dynamodb::Client;
 
 use crate::backoff::{retry, Attempts, Backoff};
 use crate::error::{AwsError, Error, Result};
+use crate::fence::{self, Fence};
 use crate::migration::Attrs;
 use crate::report::{Counts, Outcome, Report};
 
@@ -262,29 +265,37 @@ impl Ledger {
         out.item.map(|i| self.decode(&i)).transpose()
     }
 
-    /// Records that a run of `migration` on `table` started.
+    /// Records that a run of `migration` on `table` started, under the run's lock.
     ///
     /// # Errors
-    /// When the state table cannot be written.
-    pub async fn begin(&self, table: &str, migration: &str, runner: &str, runs: u64) -> Result<()> {
+    /// When the state table cannot be written, or the lock was lost.
+    pub async fn begin(
+        &self,
+        table: &str,
+        migration: &str,
+        runner: &str,
+        runs: u64,
+        fence: &Fence,
+    ) -> Result<()> {
         let mut item = self.base(table, migration);
         item.insert("status".into(), s(Status::InProgress.as_str()));
         item.insert("started_at".into(), s(&now()));
         item.insert("runner".into(), s(runner));
         item.insert("runs".into(), n(runs));
-        self.put(item).await
+        self.put(item, fence).await
     }
 
-    /// Records how a run ended.
+    /// Records how a run ended, under the run's lock.
     ///
     /// # Errors
-    /// When the state table cannot be written.
+    /// When the state table cannot be written, or the lock was lost.
     pub async fn finish(
         &self,
         report: &Report,
         runner: &str,
         started_at: &str,
         runs: u64,
+        fence: &Fence,
     ) -> Result<()> {
         let status = match report.outcome {
             Outcome::Done | Outcome::Skipped => Status::Applied,
@@ -325,7 +336,7 @@ impl Ledger {
                 ),
             );
         }
-        self.put(item).await
+        self.put(item, fence).await
     }
 
     /// Every entry for `table`.
@@ -356,15 +367,15 @@ impl Ledger {
         ])
     }
 
-    async fn put(&self, item: Attrs) -> Result<()> {
-        put_state(&self.client, &self.table, item)
-            .await
-            .map_err(|e| {
-                Error::aws(
-                    format!("writing the ledger in state table {}", self.table),
-                    e,
-                )
-            })
+    async fn put(&self, item: Attrs, fence: &Fence) -> Result<()> {
+        fence::put(
+            &self.client,
+            &self.table,
+            item,
+            fence,
+            &format!("writing the ledger in state table {}", self.table),
+        )
+        .await
     }
 
     fn decode(&self, item: &HashMap<String, AttributeValue>) -> Result<Entry> {
@@ -417,23 +428,6 @@ impl Ledger {
             runs: get_n("runs"),
         })
     }
-}
-
-/// Writes one state-table item, retrying throttling and transient faults.
-/// Shared by the ledger and the checkpoints: both live in the state table.
-pub(crate) async fn put_state(
-    client: &Client,
-    state_table: &str,
-    item: Attrs,
-) -> std::result::Result<(), AwsError> {
-    retry(&Backoff::default(), &mut Attempts::default(), || {
-        let req = client
-            .put_item()
-            .table_name(state_table)
-            .set_item(Some(item.clone()));
-        async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
-    })
-    .await
 }
 
 /// Every item of one state-table partition, strongly consistent, retried,

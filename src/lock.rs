@@ -42,6 +42,15 @@ pub fn heartbeat(lease: Duration) -> Duration {
     lease / 3
 }
 
+/// How long after a renewal was sent its holder may rely on the lease: a
+/// little less than the lease. Another runner takes the lock over only after
+/// seeing it unchanged for a whole lease, from after that renewal landed; the
+/// sixth kept in hand covers the flight time of a write checked just before
+/// the end.
+pub fn held_for(lease: Duration) -> Duration {
+    lease - lease / 6
+}
+
 /// Who holds a lock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Holder {
@@ -171,6 +180,7 @@ pub struct Lock {
     state_table: String,
     pk: String,
     token: String,
+    beat: Duration,
     heartbeat: tokio::task::JoinHandle<()>,
     /// The lease: its epoch and until when it is held. Lost when the lock is
     /// taken over or cannot be renewed in time; the run must then stop writing.
@@ -453,7 +463,7 @@ async fn claim(
                     .and_then(|v| v.as_n().ok())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                let fence = Fence::new(epoch, sent + lease - heartbeat(lease));
+                let fence = Fence::new(epoch, sent + held_for(lease));
                 return Ok(Some(start(client, state_table, key, token, lease, fence)));
             }
             Err(e) => AwsError::from_sdk(e),
@@ -490,9 +500,10 @@ fn start(
         let token = token.to_owned();
         let fence = fence.clone();
         tokio::spawn(async move {
+            let mut pause = beat;
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(beat) => {}
+                    _ = tokio::time::sleep(pause) => {}
                     _ = tokio::time::sleep_until(fence.until().into()) => {
                         tracing::error!("the run's lock could not be renewed before its lease ran out; stopping at once");
                         fence.lose();
@@ -517,13 +528,15 @@ fn start(
                     .expression_attribute_values(":one", AttributeValue::N("1".into()))
                     .expression_attribute_values(":t", AttributeValue::S(token.clone()))
                     .send();
-                // A renewal answered after the lease's end proves nothing.
-                let wait = fence
-                    .until()
-                    .saturating_duration_since(Instant::now())
-                    .min(beat);
+                // A slow answer still counts, from when it was sent; one after
+                // the lease's end proves nothing. After a failure, try again soon.
+                let wait = fence.until().saturating_duration_since(Instant::now());
+                pause = beat / 4;
                 match tokio::time::timeout(wait, renewal).await {
-                    Ok(Ok(_)) => fence.extend(sent + lease - beat),
+                    Ok(Ok(_)) => {
+                        fence.extend(sent + held_for(lease));
+                        pause = beat;
+                    }
                     Ok(Err(e)) => {
                         let e = AwsError::from_sdk(e);
                         if e.class() == Class::ConditionFailed {
@@ -531,11 +544,11 @@ fn start(
                             fence.lose();
                             return;
                         }
-                        tracing::warn!(error = %e, "renewing the lock failed; retrying at the next heartbeat");
+                        tracing::warn!(error = %e, "renewing the lock failed; retrying");
                     }
-                    Err(_) => tracing::warn!(
-                        "renewing the lock timed out; retrying at the next heartbeat"
-                    ),
+                    Err(_) => {
+                        tracing::warn!("renewing the lock got no answer before the lease ran out")
+                    }
                 }
             }
         })
@@ -545,6 +558,7 @@ fn start(
         state_table: state_table.to_owned(),
         pk: pk.to_owned(),
         token: token.to_owned(),
+        beat,
         heartbeat,
         fence,
     }
@@ -552,10 +566,11 @@ fn start(
 
 impl Lock {
     /// Stops the heartbeat and, if the lock is still ours, removes us as its
-    /// holder (the item and its epoch stay).
+    /// holder (the item and its epoch stay). Gives up after a heartbeat's time:
+    /// a lock not released is taken over after a lease period anyway.
     pub async fn release(self) {
         self.heartbeat.abort();
-        let r = self
+        let release = self
             .client
             .update_item()
             .table_name(&self.state_table)
@@ -576,11 +591,13 @@ impl Lock {
             .expression_attribute_names("#boot", "boot_id")
             .expression_attribute_names("#ns", "pid_ns")
             .expression_attribute_values(":t", AttributeValue::S(self.token.clone()))
-            .send()
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %AwsError::from_sdk(e), "could not release the lock; another runner takes it over once it has gone a lease period without renewal");
-        }
+            .send();
+        let error = match tokio::time::timeout(self.beat, release).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => AwsError::from_sdk(e).to_string(),
+            Err(_) => "no answer".to_owned(),
+        };
+        tracing::warn!(%error, "could not release the lock; another runner takes it over once it has gone a lease period without renewal");
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `dynbulk` binary: parse arguments, install logging, call the library,
 //! print results, map them to an exit code (0 done, 1 item failures, 2 fatal or
-//! bad usage, 130 interrupted).
+//! bad usage, 3 lost the lock, 130 interrupted).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use dynbulk::{client, ledger, migrations, run, scaffold, status};
 
 const EXIT_ITEM_FAILURES: u8 = 1;
 const EXIT_FATAL: u8 = 2;
+const EXIT_LOCK_LOST: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
@@ -205,6 +206,14 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
                     print!("{report}");
                 }
                 hold_metrics(&args).await;
+                if let dynbulk::Error::LockLost(why) = &failure.error {
+                    eprintln!(
+                        "error: {}: lost the lock: {why}. The runner that holds it now owns the run; \
+                         `dynbulk status --table {table}` shows who",
+                        context()
+                    );
+                    return Ok(EXIT_LOCK_LOST);
+                }
                 return Err(anyhow::Error::new(failure.error)).with_context(context);
             }
         }

@@ -16,6 +16,7 @@ use crate::backoff::Backoff;
 use crate::checkpoint::{self, Ack, RunState, SegmentState, Store};
 use crate::deadletter::DeadLetter;
 use crate::error::Error;
+use crate::fence::Fence;
 use crate::inflight::InFlight;
 use crate::ledger::{self, Ledger, Status};
 use crate::limiter::{self, Budget, Budgets};
@@ -445,23 +446,30 @@ pub async fn execute(
         plan,
         run_token,
         &ledger,
-        Some(&lock),
+        Some(&lock.fence),
         observer,
     )
     .await;
     watch.abort();
-    let lost = !lock.fence.held();
+    let fence = lock.fence.clone();
+    let lost = !fence.held();
     lock.release().await;
-    match result {
-        Ok(report) if lost => Err(Failure {
-            error: Error::Usage(format!(
-                "this run lost the lock of migration {} on table {table_name} (another runner took it over, or it could not be renewed in time); it stopped with its checkpoints saved",
-                migration.id()
-            )),
-            report: Some(Box::new(report)),
-        }),
-        other => other,
+    if !lost {
+        return result;
     }
+    // Whatever else went wrong, the run ended because it lost its lock.
+    let (error, report) = match result {
+        Ok(report) => (None, Some(Box::new(report))),
+        Err(f) => (Some(f.error), f.report),
+    };
+    let error = match error {
+        Some(e @ Error::LockLost(_)) => e,
+        _ => fence.lost_error(&format!(
+            "the rest of the run of migration {} on table {table_name}",
+            migration.id()
+        )),
+    };
+    Err(Failure { error, report })
 }
 
 async fn execute_unlocked(
@@ -470,7 +478,7 @@ async fn execute_unlocked(
     plan: &Plan,
     shutdown: CancellationToken,
     ledger: &Ledger,
-    lock: Option<&lock::Lock>,
+    fence: Option<&Fence>,
     observer: Option<Observer>,
 ) -> Result<Report, Failure> {
     let migration = prepared.migration.clone();
@@ -506,7 +514,13 @@ async fn execute_unlocked(
         table_name,
         migration.id(),
     );
-    let mut state = if plan.dry_run || lock.is_none() {
+    // State is written only under the lock (never in a dry run), fenced.
+    let store = match fence {
+        Some(f) if !plan.dry_run => store.fenced(f.clone()),
+        _ => store,
+    };
+    let fence = fence.filter(|_| !plan.dry_run);
+    let mut state = if fence.is_none() {
         None
     } else {
         let existing = match store.load().await {
@@ -555,9 +569,9 @@ async fn execute_unlocked(
         .as_ref()
         .map(|s| s.started_at.clone())
         .unwrap_or_else(ledger::now);
-    if !plan.dry_run {
+    if let Some(fence) = fence {
         ledger
-            .begin(table_name, migration.id(), &runner, runs)
+            .begin(table_name, migration.id(), &runner, runs, fence)
             .await?;
     }
 
@@ -575,8 +589,10 @@ async fn execute_unlocked(
                 tracing::info!(table = table_name, migration = migration.id(), schema = %done, "interrupted before the data step");
                 report.outcome = Outcome::Stopped;
                 report.schema = Some(done);
-                if !plan.dry_run {
-                    ledger.finish(&report, &runner, &started_at, runs).await?;
+                if let Some(fence) = fence {
+                    ledger
+                        .finish(&report, &runner, &started_at, runs, fence)
+                        .await?;
                 }
                 return Ok(report);
             }
@@ -587,8 +603,10 @@ async fn execute_unlocked(
             Err(error) => {
                 report.outcome = Outcome::Stopped;
                 report.schema = Some(format!("failed: {error}"));
-                if !plan.dry_run {
-                    ledger.finish(&report, &runner, &started_at, runs).await?;
+                if let Some(fence) = fence {
+                    ledger
+                        .finish(&report, &runner, &started_at, runs, fence)
+                        .await?;
                 }
                 return Err(Failure {
                     error,
@@ -704,6 +722,7 @@ async fn execute_unlocked(
             budgets: budgets.clone(),
             acks,
             starts,
+            fence: fence.cloned(),
         },
     )
     .await;
@@ -781,13 +800,15 @@ async fn execute_unlocked(
         },
         started_unix,
     );
-    if !plan.dry_run {
+    if let Some(fence) = fence {
         let finished = async {
             if matches!(report.outcome, Outcome::Done | Outcome::DoneWithFailures) {
                 // The run is complete: its checkpoints have no further use.
                 store.delete().await?;
             }
-            ledger.finish(&report, &runner, &started_at, runs).await
+            ledger
+                .finish(&report, &runner, &started_at, runs, fence)
+                .await
         };
         if let Err(e) = finished.await {
             return Err(Failure {
@@ -862,6 +883,8 @@ struct Pipes {
     budgets: Arc<Budgets>,
     acks: Option<mpsc::Sender<Ack>>,
     starts: Vec<SegmentState>,
+    /// The lock's fence, which every data write attempt checks; `None` in dry runs.
+    fence: Option<Fence>,
 }
 
 /// The scan options and what every write is conditioned on besides the
@@ -902,6 +925,7 @@ async fn pipeline(
         budgets,
         acks,
         starts,
+        fence,
     } = pipes;
     let migration = prepared.migration.clone();
     let info = &prepared.table;
@@ -933,6 +957,7 @@ async fn pipeline(
         budgets: budgets.clone(),
         guard,
         index_keys: info.index_keys.clone(),
+        fence,
     });
     let pool = Arc::new(Pool {
         writer,

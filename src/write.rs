@@ -62,6 +62,9 @@ pub struct Writer {
     pub guard: diff::Guard,
     /// Key attributes of the table's secondary indexes (for [`crate::validate`]).
     pub index_keys: Vec<crate::table::IndexKey>,
+    /// The run's lock: no write attempt is sent once it is not provably held,
+    /// and attempts in flight are abandoned. `None` in dry runs.
+    pub fence: Option<crate::fence::Fence>,
 }
 
 impl Writer {
@@ -132,7 +135,18 @@ impl Writer {
                     _ => ItemOutcome::Updated,
                 });
             }
-            match self.send(&key, &attrs_now, &planned).await {
+            let sent = self.send(&key, &attrs_now, &planned).await;
+            if sent.is_err() {
+                // The lock is gone: the item is not this runner's to write any more.
+                if let Some(fence) = self.fence.as_ref().filter(|f| !f.held()) {
+                    return Err(fence.lost_error(&format!(
+                        "writing item {} of table {}",
+                        crate::deadletter::to_json(&key),
+                        self.table
+                    )));
+                }
+            }
+            match sent {
                 Ok(()) => {
                     return Ok(match planned {
                         Planned::Delete(_) => ItemOutcome::Deleted,
@@ -215,14 +229,14 @@ impl Writer {
                     .set_expression_attribute_names(Some(e.names.clone()))
                     .set_expression_attribute_values(non_empty(&e.values))
                     .return_consumed_capacity(ReturnConsumedCapacity::Total);
-                self.budgets.write.call(
+                self.fenced(self.budgets.write.call(
                     "UpdateItem",
                     estimate,
                     |o: &aws_sdk_dynamodb::operation::update_item::UpdateItemOutput| {
                         o.consumed_capacity().and_then(|c| c.capacity_units())
                     },
                     move || async move { req.send().await.map_err(AwsError::from_sdk) },
-                )
+                ))
             })
             .await
             .map(|_| ()),
@@ -236,20 +250,31 @@ impl Writer {
                     .set_expression_attribute_names(Some(e.names.clone()))
                     .set_expression_attribute_values(non_empty(&e.values))
                     .return_consumed_capacity(ReturnConsumedCapacity::Total);
-                self.budgets.write.call(
+                self.fenced(self.budgets.write.call(
                     "DeleteItem",
                     estimate,
                     |o: &aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput| {
                         o.consumed_capacity().and_then(|c| c.capacity_units())
                     },
                     move || async move { req.send().await.map_err(AwsError::from_sdk) },
-                )
+                ))
             })
             .await
             .map(|_| ()),
         };
         self.count(attempts);
         r
+    }
+
+    /// One write attempt, sent only while the run's lock is provably held.
+    async fn fenced<T>(
+        &self,
+        attempt: impl std::future::Future<Output = Result<T, AwsError>>,
+    ) -> Result<T, AwsError> {
+        match &self.fence {
+            Some(fence) => fence.attempt(attempt).await,
+            None => attempt.await,
+        }
     }
 
     /// Reads the item's current version, strongly consistent. With a scan

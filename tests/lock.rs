@@ -16,8 +16,9 @@ use proxy::{Config, Proxy};
 
 const MIGRATION: &str = "20241220_add_status_category_fields";
 
-/// A short lease keeps takeovers quick: one heartbeat a second.
-const LEASE: &str = "3s";
+/// A short lease keeps takeovers quick (a heartbeat every 1.7 s), yet long
+/// enough that a busy machine's slow answers do not lose it.
+const LEASE: &str = "5s";
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -53,6 +54,9 @@ fn run_args<'a>(endpoint: &'a str, table: &'a str, state: &'a str, wcu: &'a str)
         "100000",
         "--wcu-limit",
         wcu,
+        // Small pages: checkpoints come early and often.
+        "--page-size",
+        "50",
     ]
 }
 
@@ -110,14 +114,19 @@ fn sk(item: &Attrs) -> &str {
         .unwrap_or("")
 }
 
-/// Waits until the run has saved a checkpoint of some segment.
-async fn wait_for_checkpoint(state: &str, table: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Waits until the run of `runner` has saved a checkpoint of some segment.
+async fn wait_for_checkpoint(state: &str, table: &str, runner: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !run_rows(state, table)
         .await
         .iter()
         .any(|r| sk(r).starts_with("segment#"))
     {
+        if runner.try_wait().unwrap().is_some() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(runner.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the runner ended before its first checkpoint: {err}");
+        }
         assert!(Instant::now() < deadline, "no checkpoint was saved");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -153,13 +162,11 @@ async fn a_live_holder_whose_clock_says_its_lease_expired_is_not_taken_over() {
     );
 
     let direct = endpoint();
-    let (code, _, stderr) = output(spawn(&run_args(
-        &direct,
-        &table.name,
-        &state.name,
-        "100000",
-    )));
-    assert_eq!(code, Some(2), "the second runner is refused: {stderr}");
+    let (code, _, stderr) = output(spawn(&run_args(&direct, &table.name, &state.name, "2000")));
+    if code != Some(2) {
+        let (_, _, holder_err) = output(holder);
+        panic!("the second runner was not refused ({code:?}): {stderr}\nthe holder: {holder_err}");
+    }
     assert!(stderr.contains("already being run by"), "{stderr}");
     assert!(
         stderr.contains(&format!("pid {}", holder.id())),
@@ -205,9 +212,10 @@ async fn a_killed_holder_is_taken_over_after_one_observed_lease_period_whatever_
     )
     .await;
     let mut holder = spawn(&run_args(&ahead.url, &table.name, &state.name, "150"));
-    wait_for_checkpoint(&state.name, &table.name).await;
+    wait_for_checkpoint(&state.name, &table.name, &mut holder).await;
     holder.kill().unwrap(); // SIGKILL
-    holder.wait().unwrap();
+    let (code, _, stderr) = output(holder);
+    assert_eq!(code, None, "killed while it ran: {stderr}");
     // As if it ran on another machine: nothing here can tell whether its
     // process is alive, so only watching its lease can.
     client()
@@ -236,12 +244,8 @@ async fn a_killed_holder_is_taken_over_after_one_observed_lease_period_whatever_
     );
 
     let direct = endpoint();
-    let (code, stdout, stderr) = output(spawn(&run_args(
-        &direct,
-        &table.name,
-        &state.name,
-        "100000",
-    )));
+    let (code, stdout, stderr) =
+        output(spawn(&run_args(&direct, &table.name, &state.name, "2000")));
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("took over the lock") && stderr.contains("whole lease period"),
@@ -264,4 +268,181 @@ async fn a_killed_holder_is_taken_over_after_one_observed_lease_period_whatever_
         .expect("the lock item stays");
     assert_eq!(n(&lock, "epoch"), Some(2), "taken twice: {lock:?}");
     assert!(!lock.contains_key("token"), "and released: {lock:?}");
+}
+
+/// The items of each of `total` parallel-scan segments, in scan order.
+async fn segments_of(table: &str, total: i32) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for segment in 0..total {
+        let mut keys = Vec::new();
+        let mut start = None;
+        loop {
+            let page = client()
+                .scan()
+                .table_name(table)
+                .segment(segment)
+                .total_segments(total)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            keys.extend(page.items().iter().map(key_string));
+            start = page.last_evaluated_key.filter(|k| !k.is_empty());
+            if start.is_none() {
+                break;
+            }
+        }
+        out.push(keys);
+    }
+    out
+}
+
+fn s<'a>(item: &'a Attrs, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_cut_off_past_its_lease_writes_nothing_into_the_run_that_took_over() {
+    const ITEMS: u64 = 3_000;
+    let (table, items) = small_items_table("orders-cut", ITEMS, 33).await;
+    let state = TestTable::named("state");
+    let to_a = Proxy::start(&endpoint(), Config::new(&table.name)).await;
+    let to_b = Proxy::start(&endpoint(), Config::new(&table.name)).await;
+    let header = |rows: &[Attrs]| rows.iter().find(|r| sk(r) == "run").cloned();
+    let segment_rows = |rows: &[Attrs]| -> Vec<Attrs> {
+        rows.iter()
+            .filter(|r| sk(r).starts_with("segment#"))
+            .cloned()
+            .collect()
+    };
+
+    // A: the default 4 segments, slowly.
+    let mut a = spawn(&run_args(&to_a.url, &table.name, &state.name, "100"));
+    wait_for_checkpoint(&state.name, &table.name, &mut a).await;
+    let run_a = header(&run_rows(&state.name, &table.name).await)
+        .and_then(|h| s(&h, "run_id").map(str::to_owned))
+        .expect("A's run header");
+
+    // A is cut off; B restarts the migration with 8 segments once A's lease is gone.
+    to_a.cut();
+    let mut b_args = run_args(&to_b.url, &table.name, &state.name, "100");
+    b_args.extend(["--restart", "--yes", "--segments", "8"]);
+    let mut b = spawn(&b_args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run_b = loop {
+        let rows = run_rows(&state.name, &table.name).await;
+        if let Some(id) = header(&rows).and_then(|h| s(&h, "run_id").map(str::to_owned)) {
+            if id != run_a && !segment_rows(&rows).is_empty() {
+                break id;
+            }
+        }
+        if b.try_wait().unwrap().is_some() {
+            // Refused while the lock still looked held: try again.
+            let (code, _, stderr) = output(b);
+            assert_eq!(code, Some(2), "{stderr}");
+            assert!(stderr.contains("already being run by"), "{stderr}");
+            b = spawn(&b_args);
+        }
+        assert!(Instant::now() < deadline, "B never took the run over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    // B is cut off for good (what it wrote is its run's state), and A comes
+    // back: what it had sent arrives late, and it tries to go on.
+    to_b.drop_held();
+    to_a.restore();
+    let (a_code, a_out, a_err) = output(a);
+    b.kill().unwrap();
+    b.wait().unwrap();
+
+    let rows = run_rows(&state.name, &table.name).await;
+    let head = header(&rows).expect("B's run header");
+    assert_eq!(
+        s(&head, "run_id"),
+        Some(run_b.as_str()),
+        "the header is B's: {head:?}"
+    );
+    assert_eq!(n(&head, "total_segments"), Some(8), "{head:?}");
+    let b_epoch = n(&head, "fence").expect("the header records its writer's epoch");
+    for row in segment_rows(&rows) {
+        let run = s(&row, "run_id").expect("a segment row says whose run it is");
+        if run == run_b {
+            assert_eq!(
+                n(&row, "fence"),
+                Some(b_epoch),
+                "a row of B's run was written by A: {row:?}"
+            );
+        } else {
+            assert_eq!(run, run_a, "{row:?}");
+        }
+    }
+    let entry = client()
+        .get_item()
+        .table_name(&state.name)
+        .key("pk", AttributeValue::S(format!("ledger#{}", table.name)))
+        .key("sk", AttributeValue::S(MIGRATION.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("a ledger entry");
+    assert_eq!(
+        (s(&entry, "status"), n(&entry, "fence")),
+        (Some("in_progress"), Some(b_epoch)),
+        "the ledger entry is B's: {entry:?}"
+    );
+    assert_eq!(a_code, Some(3), "A says it lost the lock\n{a_out}\n{a_err}");
+    assert!(a_err.contains("lost the lock"), "{a_err}");
+
+    // What B's own checkpoints cover; the resume must scan everything else.
+    let members = segments_of(&table.name, 8).await;
+    let mut covered = std::collections::HashSet::new();
+    for row in segment_rows(&rows) {
+        if s(&row, "run_id") != Some(run_b.as_str()) {
+            continue;
+        }
+        let segment: usize = sk(&row)["segment#".len()..].parse().unwrap();
+        let keys = &members[segment];
+        let upto = match row.get("last_key") {
+            Some(AttributeValue::M(last)) => {
+                let last = key_string(last);
+                keys.iter()
+                    .position(|k| *k == last)
+                    .expect("checkpoint key in its segment")
+                    + 1
+            }
+            _ => keys.len(),
+        };
+        covered.extend(keys[..upto].iter().cloned());
+    }
+    let resume = Proxy::start(&endpoint(), Config::new(&table.name)).await;
+    let (code, stdout, stderr) = output(spawn(&run_args(
+        &resume.url,
+        &table.name,
+        &state.name,
+        "2000",
+    )));
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("resuming:       run {run_b}")) && stdout.contains("/8 segments"),
+        "B's run is resumed: {stdout}"
+    );
+    let scanned: std::collections::HashSet<String> =
+        resume.stats().scanned.into_iter().map(|(_, k)| k).collect();
+    let skipped: Vec<&String> = members
+        .iter()
+        .flatten()
+        .filter(|k| !covered.contains(*k) && !scanned.contains(*k))
+        .collect();
+    assert!(
+        skipped.is_empty(),
+        "{} items B had not checkpointed were not scanned by the resume, e.g. {:?}",
+        skipped.len(),
+        skipped.first()
+    );
+    assert_migrated(&table.name, &items).await;
 }

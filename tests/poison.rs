@@ -699,7 +699,18 @@ async fn a_checkpoint_never_moves_past_dead_letters_not_on_disk() {
     };
 
     // The usual case: synced, named, counted with the checkpoint.
-    let store = Store::new(client.clone(), &state.name, "orders", "20250101_synced");
+    // State is written under the run's lock.
+    let lock = dynbulk::lock::acquire(
+        &client,
+        &state.name,
+        "orders",
+        "20250101_synced",
+        dynbulk::lock::DEFAULT_LEASE,
+    )
+    .await
+    .unwrap();
+    let store = Store::new(client.clone(), &state.name, "orders", "20250101_synced")
+        .fenced(lock.fence.clone());
     let dl = Arc::new(DeadLetter::new(dir.path().join("synced.jsonl")));
     dl.record("orders", "20250101_synced", &key, "boom")
         .await
@@ -717,7 +728,18 @@ async fn a_checkpoint_never_moves_past_dead_letters_not_on_disk() {
     );
 
     // The record reached the operating system, but its new file's directory is gone.
-    let store = Store::new(client.clone(), &state.name, "orders", "20250101_lost");
+    // State is written under the run's lock.
+    let lock = dynbulk::lock::acquire(
+        &client,
+        &state.name,
+        "orders",
+        "20250101_lost",
+        dynbulk::lock::DEFAULT_LEASE,
+    )
+    .await
+    .unwrap();
+    let store = Store::new(client.clone(), &state.name, "orders", "20250101_lost")
+        .fenced(lock.fence.clone());
     let gone = dir.path().join("gone");
     std::fs::create_dir(&gone).unwrap();
     let dl = Arc::new(DeadLetter::new(gone.join("lost.jsonl")));

@@ -15,10 +15,9 @@ mod proxy;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::sample::{self, KeyShape};
 use common::*;
-use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::run::{self, Limit, Limits, Plan};
-use dynbulk::sample::{self, KeyShape};
 use proxy::{Config, Kind, Proxy};
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -51,7 +50,7 @@ async fn scenario(name: &str, limit: f64, capacity: f64) {
     let proxy = Proxy::start(&endpoint(), config).await;
     let report = run::run(
         &client_for(&proxy.url),
-        Arc::new(AddStatusCategoryFields),
+        Arc::new(StatusCategory),
         &table.name,
         &Plan {
             segments: 8,

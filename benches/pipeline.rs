@@ -22,12 +22,20 @@ use dynbulk::inflight::{InFlight, BUDGET_BYTES};
 use dynbulk::limiter::{Budget, Budgets};
 use dynbulk::metrics;
 use dynbulk::migration::Attrs;
-use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::report::Stats;
-use dynbulk::sample::{self, KeyShape};
 use dynbulk::scan::Page;
 use dynbulk::worker::{self, Pool};
 use dynbulk::write::Writer;
+
+// The sample generator and the tests' own migration (the engine ships none).
+#[allow(dead_code)]
+#[path = "../src/bin/dynbulk-sample-data/sample.rs"]
+mod sample;
+#[path = "../tests/common/status_category.rs"]
+mod status_category;
+
+use sample::KeyShape;
+use status_category::StatusCategory;
 
 const ITEMS: u64 = 20_000;
 const PAGE: usize = 100;
@@ -70,7 +78,7 @@ async fn one_pass(
         client,
         table: "bench".into(),
         keys: vec!["pk".into(), "sk".into()],
-        migration: Arc::new(AddStatusCategoryFields),
+        migration: Arc::new(StatusCategory),
         dry_run: true,
         backoff: Default::default(),
         stats: stats.clone(),

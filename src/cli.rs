@@ -1,14 +1,67 @@
-//! Command-line interface: clap definitions, and the validation step that
-//! turns raw arguments into a [`Plan`] (ripgrep's two-step parse). Everything
-//! downstream takes the plan, never raw arguments.
+//! The command line as a library call: [`run_cli`] runs every command and
+//! flag of the stock `dynbulk` binary over the migrations its caller lists,
+//! so a team's own migrations crate gets the whole CLI from a one-line `main`
+//! (the sea-orm-migration pattern). Here too: the clap definitions, and the
+//! validation step that turns raw arguments into a [`Plan`] (ripgrep's
+//! two-step parse); everything downstream takes the plan, never raw arguments.
+//!
+//! This module is the command line's front end, so unlike the engine it
+//! prints for the user (reports, progress) and, on a second interrupt,
+//! exits the process at once.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::Connection;
 use crate::ledger::DEFAULT_STATE_TABLE;
+use crate::migrator::{self, Migrator};
 use crate::run::{Limit, Limits, Plan};
+
+mod dispatch;
+mod progress;
+
+/// Runs the whole dynbulk command line (`run`, `status`, `list`, `new`, with
+/// every flag, output and exit code of the stock `dynbulk` binary) over
+/// `migrator`'s migrations, reading the process's arguments. A migrations
+/// crate's `main` is this one call:
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use dynbulk::prelude::*;
+/// # struct Migrations;
+/// # impl Migrator for Migrations {
+/// #     fn migrations(&self) -> Vec<Arc<dyn Migration>> { vec![] }
+/// # }
+/// fn main() -> std::process::ExitCode {
+///     dynbulk::cli::run_cli(Migrations)
+/// }
+/// ```
+///
+/// The migrations are checked first: an id that is not
+/// `YYYYMMDD_description`, or one that two migrations share, ends the
+/// program with exit code 2 and a message naming the id, before any command
+/// runs. Exit codes: 0 done; 1 done but some items failed; 2 fatal error or
+/// bad usage; 3 lost the lock to another runner; 130 interrupted.
+pub fn run_cli(migrator: impl Migrator) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // What clap's own `exit` does (help and version to stdout with
+            // code 0, usage errors to stderr with code 2), without exiting.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(dispatch::EXIT_FATAL));
+        }
+    };
+    match migrator::checked(&migrator) {
+        Ok(migrations) => dispatch::main(cli, migrations),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(dispatch::EXIT_FATAL)
+        }
+    }
+}
 
 /// Run data migrations and backfills over large DynamoDB tables: parallel
 /// segmented scans, conditional writes that never lose an application's update,

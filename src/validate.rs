@@ -29,7 +29,6 @@ pub const MAX_EXPRESSION_BYTES: usize = 4 * 1024;
 pub const MAX_OPERATORS: usize = 300;
 /// Most bytes of all expression attribute names and values together: 2 MB.
 pub const MAX_SUBSTITUTION_BYTES: usize = 2 * 1024 * 1024;
-pub use crate::number::{MAX_DIGITS, MAX_EXPONENT, MIN_EXPONENT};
 /// Levels lists and maps may nest.
 pub const MAX_DEPTH: usize = 32;
 /// Longest partition key value (of a table or an index), in bytes.

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::report::{Outcome, Report};
 use dynbulk::run::{self, Limit, Limits, Plan};
 use proxy::{Config, Faults, Kind, Proxy};
@@ -26,7 +25,7 @@ async fn run_through(
     let client = client_for(&proxy.url);
     run::run(
         &client,
-        Arc::new(AddStatusCategoryFields),
+        Arc::new(StatusCategory),
         table,
         &Plan {
             segments,

@@ -6,8 +6,8 @@ mod common;
 use std::process::Output;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::sample::{self, KeyShape};
 use common::*;
-use dynbulk::sample::{self, KeyShape};
 
 const MIGRATION: &str = "20241220_add_status_category_fields";
 
@@ -427,9 +427,9 @@ fn list_and_new_scaffold_a_registered_migration() {
     assert!(text(&out).0.contains(MIGRATION));
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/mod.rs"),
+    std::fs::write(
         dir.path().join("mod.rs"),
+        "// dynbulk:modules:begin\n// dynbulk:modules:end\nvec![\n        // dynbulk:registry:begin\n        // dynbulk:registry:end\n];\n",
     )
     .unwrap();
     let out = dynbulk()

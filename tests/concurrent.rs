@@ -7,13 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::sample::{self, KeyShape, STATUSES};
 use common::*;
-use dynbulk::migrations::m20241220_add_status_category_fields::{
-    category, AddStatusCategoryFields,
-};
 use dynbulk::report::Outcome;
 use dynbulk::run::{self, Limit, Limits, Plan};
-use dynbulk::sample::{self, KeyShape, STATUSES};
 use futures::stream::{self, StreamExt};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -90,7 +87,7 @@ async fn concurrent_application_writes_are_never_lost() {
                         .expression_attribute_values(":s", AttributeValue::S(status.clone()))
                         .expression_attribute_values(
                             ":c",
-                            AttributeValue::S(category(&status).into()),
+                            AttributeValue::S(sample::category(&status).into()),
                         )
                         .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
                         .expression_attribute_values(":t", AttributeValue::S("app-v2".into()))
@@ -114,7 +111,7 @@ async fn concurrent_application_writes_are_never_lost() {
 
     let report = run::run(
         &client,
-        Arc::new(AddStatusCategoryFields),
+        Arc::new(StatusCategory),
         &table.name,
         &Plan {
             segments: 8,
@@ -168,7 +165,7 @@ async fn concurrent_application_writes_are_never_lost() {
         if let Some(AttributeValue::S(status)) = item.get("status") {
             assert_eq!(
                 item.get("statusCategory"),
-                Some(&AttributeValue::S(category(status).into())),
+                Some(&AttributeValue::S(sample::category(status).into())),
                 "{key}: statusCategory does not match status"
             );
         }

@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::sample::{self, KeyShape};
 use common::*;
 use dynbulk::migration::{Change, Item, Migration, TransformError, Update};
 use dynbulk::report::Outcome;
 use dynbulk::run::{self, Limit, Limits, Plan};
-use dynbulk::sample::{self, KeyShape};
 use tokio_util::sync::CancellationToken;
 
 fn plan(state: &TestTable) -> Plan {

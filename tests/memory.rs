@@ -14,7 +14,6 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use common::*;
 use dynbulk::inflight::PAGE_BYTES;
-use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::report::Outcome;
 use dynbulk::run::{self, Limit, Limits, Plan};
 use proxy::{Config, Kind, Proxy};
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 /// A table of `n` orders with a status and no status category, with notes of
 /// 400-800 bytes: the example migration writes every one.
 async fn items_to_write(prefix: &str, n: u64) -> (TestTable, Vec<Attrs>) {
-    use dynbulk::sample::{self, KeyShape};
+    use common::sample::{self, KeyShape};
     let client = client();
     let table = TestTable::named(prefix);
     sample::create_table(&client, &table.name, KeyShape::Composite)
@@ -60,7 +59,7 @@ async fn items_held_stay_within_the_inflight_budget_when_writes_are_slower_than_
     let (segments, budget) = (4u32, 128 * 1024);
     let report = run::run(
         &client_for(&proxy.url),
-        Arc::new(AddStatusCategoryFields),
+        Arc::new(StatusCategory),
         &table.name,
         &Plan {
             segments,

@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use common::sample::{self, KeyShape};
 use common::*;
 use dynbulk::migration::{Change, Item, Migration, TransformError, Update};
-use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::report::Outcome;
 use dynbulk::run::{self, Limit, Limits, Plan};
-use dynbulk::sample::{self, KeyShape};
 use tokio_util::sync::CancellationToken;
 
 const ITEMS: u64 = 20_000;
@@ -73,7 +72,7 @@ async fn segments_give_identical_correct_tables(shape: KeyShape) {
         }
         let report = run::run(
             &client,
-            Arc::new(AddStatusCategoryFields),
+            Arc::new(StatusCategory),
             &table.name,
             &plan(segments, &state),
             CancellationToken::new(),
@@ -111,7 +110,7 @@ async fn segments_give_identical_correct_tables(shape: KeyShape) {
     // Idempotence: running again (forced past the ledger) modifies nothing.
     let again = run::run(
         &client,
-        Arc::new(AddStatusCategoryFields),
+        Arc::new(StatusCategory),
         &tables[1].name,
         &Plan {
             rerun: true,
@@ -149,7 +148,7 @@ async fn completed_migration_is_not_run_again_without_rerun() {
         .unwrap();
     let first = run::run(
         &client,
-        Arc::new(AddStatusCategoryFields),
+        Arc::new(StatusCategory),
         &table.name,
         &plan(2, &state),
         CancellationToken::new(),
@@ -172,7 +171,7 @@ async fn completed_migration_is_not_run_again_without_rerun() {
         .unwrap();
     let second = run::run(
         &client,
-        Arc::new(AddStatusCategoryFields),
+        Arc::new(StatusCategory),
         &table.name,
         &plan(2, &state),
         CancellationToken::new(),
@@ -195,7 +194,7 @@ async fn completed_migration_is_not_run_again_without_rerun() {
         .unwrap();
     let r = run::run(
         &client,
-        Arc::new(AddStatusCategoryFields),
+        Arc::new(StatusCategory),
         &other.name,
         &plan(2, &state),
         CancellationToken::new(),
@@ -382,7 +381,7 @@ impl Migration for Projected {
         }
     }
     fn transform(&self, item: &Item) -> Result<Change, TransformError> {
-        AddStatusCategoryFields.transform(item)
+        StatusCategory.transform(item)
     }
 }
 

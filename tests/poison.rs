@@ -107,9 +107,7 @@ async fn load(table: &str, extra: &[Attrs]) -> Vec<Attrs> {
         })
         .collect();
     items.extend(extra.iter().cloned());
-    dynbulk::sample::put_all(&client(), table, &items)
-        .await
-        .unwrap();
+    sample::put_all(&client(), table, &items).await.unwrap();
     items
 }
 

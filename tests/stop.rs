@@ -10,13 +10,12 @@ mod proxy;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::sample::{self, KeyShape};
 use common::*;
 use dynbulk::ledger::{Ledger, Status};
 use dynbulk::migration::{Change, Item, Migration, SchemaStep, TransformError};
-use dynbulk::migrations::m20241220_add_status_category_fields::AddStatusCategoryFields;
 use dynbulk::report::{Outcome, Report};
 use dynbulk::run::{self, Failure, Limit, Limits, Plan};
-use dynbulk::sample::{self, KeyShape};
 use proxy::{Config, Proxy, Stats};
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +39,7 @@ impl Migration for WithIndex {
         })
     }
     fn transform(&self, item: &Item) -> Result<Change, TransformError> {
-        AddStatusCategoryFields.transform(item)
+        StatusCategory.transform(item)
     }
 }
 

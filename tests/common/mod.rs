@@ -10,6 +10,13 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use rand::Rng;
 
+#[path = "../../src/bin/dynbulk-sample-data/sample.rs"]
+pub mod sample;
+mod status_category;
+
+#[allow(unused_imports)] // not every test file runs it in-process
+pub use status_category::StatusCategory;
+
 pub type Attrs = HashMap<String, AttributeValue>;
 
 /// The DynamoDB endpoint under test. `scripts/test.sh` starts dynalite and sets
@@ -157,9 +164,7 @@ pub fn expected_after_example(before: &Attrs) -> Attrs {
     if let Some(AttributeValue::S(status)) = before.get("status") {
         after.insert(
             "statusCategory".into(),
-            AttributeValue::S(
-                dynbulk::migrations::m20241220_add_status_category_fields::category(status).into(),
-            ),
+            AttributeValue::S(sample::category(status).into()),
         );
     }
     after
@@ -171,22 +176,19 @@ pub async fn small_items_table(prefix: &str, n: u64, seed: u64) -> (TestTable, V
     use rand::SeedableRng;
     let client = client();
     let table = TestTable::named(prefix);
-    dynbulk::sample::create_table(&client, &table.name, dynbulk::sample::KeyShape::Composite)
+    sample::create_table(&client, &table.name, sample::KeyShape::Composite)
         .await
         .unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let items: Vec<Attrs> = (0..n)
         .map(|i| {
-            let mut item =
-                dynbulk::sample::item(dynbulk::sample::KeyShape::Composite, i, n, &mut rng);
+            let mut item = sample::item(sample::KeyShape::Composite, i, n, &mut rng);
             let len = rng.random_range(400..800);
             item.insert("notes".into(), AttributeValue::S("n".repeat(len)));
             item
         })
         .collect();
-    dynbulk::sample::put_all(&client, &table.name, &items)
-        .await
-        .unwrap();
+    sample::put_all(&client, &table.name, &items).await.unwrap();
     (table, items)
 }
 

@@ -1,6 +1,6 @@
-//! The binary's progress display: a bar with rate, ETA, capacity and
-//! throttles on a terminal; a log line every 10 seconds otherwise.
-//! (Part of the binary, not the library: the library never prints.)
+//! The command line's progress display: a bar with rate, ETA, capacity and
+//! throttles on a terminal; a log line every 10 seconds otherwise. (Part of
+//! the command line, not the engine: the engine never prints.)
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -8,19 +8,19 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use dynbulk::report::{Observer, Progress};
-use dynbulk::run::human_duration;
+use crate::report::{Observer, Progress};
+use crate::run::human_duration;
 
-pub use dynbulk::cli::ProgressChoice as Mode;
+pub(crate) use super::ProgressChoice as Mode;
 
 /// A running display; [`Display::finish`] clears the bar before the report.
-pub struct Display {
+pub(crate) struct Display {
     bar: Option<ProgressBar>,
 }
 
 impl Display {
     /// Starts a display for one migration and returns it with its observer.
-    pub fn start(mode: Mode, label: &str) -> (Display, Option<Observer>) {
+    pub(crate) fn start(mode: Mode, label: &str) -> (Display, Option<Observer>) {
         let mode = match mode {
             Mode::Auto if std::io::stdout().is_terminal() => Mode::Bar,
             Mode::Auto => Mode::Log,
@@ -69,7 +69,7 @@ impl Display {
     }
 
     /// Clears the bar.
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }

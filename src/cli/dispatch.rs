@@ -1,28 +1,27 @@
-//! The `dynbulk` binary: parse arguments, install logging, call the library,
-//! print results, map them to an exit code (0 done, 1 item failures, 2 fatal or
-//! bad usage, 3 lost the lock, 130 interrupted).
+//! One parsed command line, carried out: install logging, call the engine,
+//! print results, map them to an exit code (0 done, 1 item failures, 2 fatal
+//! or bad usage, 3 lost the lock, 130 interrupted). What the stock binary's
+//! `main` did before the command line became [`super::run_cli`].
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-mod progress;
-
-use dynbulk::cli::{Cli, Command, LogFormat, RunArgs, StatusArgs};
-use dynbulk::migration::Migration;
-use dynbulk::report::Outcome;
-use dynbulk::{client, ledger, migrations, run, scaffold, status};
+use super::progress;
+use super::{Cli, Command, LogFormat, RunArgs, StatusArgs};
+use crate::migration::Migration;
+use crate::report::Outcome;
+use crate::{client, ledger, run, scaffold, status};
 
 const EXIT_ITEM_FAILURES: u8 = 1;
-const EXIT_FATAL: u8 = 2;
+pub(super) const EXIT_FATAL: u8 = 2;
 const EXIT_LOCK_LOST: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Runs `cli` over `migrations` (already checked, in id order).
+pub(super) fn main(cli: Cli, migrations: Vec<Arc<dyn Migration>>) -> ExitCode {
     init_logging(cli.verbose, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -34,7 +33,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FATAL);
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    match runtime.block_on(dispatch(cli.command, &migrations)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -63,12 +62,12 @@ fn init_logging(verbose: u8, format: LogFormat) {
     }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<u8> {
+async fn dispatch(command: Command, migrations: &[Arc<dyn Migration>]) -> anyhow::Result<u8> {
     match command {
-        Command::Run(args) => run_command(args).await,
-        Command::Status(args) => status_command(args).await,
+        Command::Run(args) => run_command(args, migrations).await,
+        Command::Status(args) => status_command(args, migrations).await,
         Command::List => {
-            for m in migrations::all() {
+            for m in migrations {
                 println!(
                     "{}  {}  {}",
                     m.id(),
@@ -93,10 +92,12 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
 }
 
 /// Picks the migrations to run: one by id, or all in id order.
-fn selected(id: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Migration>>> {
-    let all = migrations::all();
+fn selected(
+    all: &[Arc<dyn Migration>],
+    id: Option<&str>,
+) -> anyhow::Result<Vec<Arc<dyn Migration>>> {
     match id {
-        None => Ok(all),
+        None => Ok(all.to_vec()),
         Some(id) => all
             .iter()
             .find(|m| m.id() == id)
@@ -112,13 +113,13 @@ fn selected(id: Option<&str>) -> anyhow::Result<Vec<Arc<dyn Migration>>> {
     }
 }
 
-async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
+async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow::Result<u8> {
     let plan = args.plan();
     if let Some(addr) = args.metrics_addr {
-        dynbulk::metrics::install(addr)?;
+        crate::metrics::install(addr)?;
         eprintln!("serving Prometheus metrics at http://{addr}/metrics");
     }
-    let chosen = selected(args.migration.as_deref())?;
+    let chosen = selected(migrations, args.migration.as_deref())?;
     // Resolve every target table before touching anything.
     let mut targets = Vec::new();
     for m in chosen {
@@ -206,7 +207,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<u8> {
                     print!("{report}");
                 }
                 hold_metrics(&args).await;
-                if let dynbulk::Error::LockLost(why) = &failure.error {
+                if let crate::Error::LockLost(why) = &failure.error {
                     eprintln!(
                         "error: {}: lost the lock: {why}. The runner that holds it now owns the run; \
                          `dynbulk status --table {table}` shows who",
@@ -250,12 +251,12 @@ fn confirm_restart(args: &RunArgs, what: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn status_command(args: StatusArgs) -> anyhow::Result<u8> {
+async fn status_command(args: StatusArgs, migrations: &[Arc<dyn Migration>]) -> anyhow::Result<u8> {
     let client = client::build(&args.connection.connection())
         .await
         .map_err(|e| anyhow!(e))?;
     let ledger = ledger::Ledger::new(client.clone(), args.state.state_table.clone());
-    let rows = status::collect(&client, &ledger, &migrations::all(), args.table.as_deref()).await?;
+    let rows = status::collect(&client, &ledger, migrations, args.table.as_deref()).await?;
     print!("{}", status::render(&rows));
     Ok(0)
 }

@@ -10,7 +10,7 @@
 //!
 //! Idempotent: an item whose `statusCategory` already matches is left alone.
 
-use crate::migration::{Change, Item, Migration, TransformError, Update};
+use dynbulk::prelude::*;
 
 /// See the module docs.
 pub struct AddStatusCategoryFields;
@@ -50,15 +50,13 @@ impl Migration for AddStatusCategoryFields {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_dynamodb::types::AttributeValue;
-    use std::collections::HashMap;
 
     fn item(pairs: &[(&str, &str)]) -> Item {
         Item::new(
             pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), AttributeValue::S(v.to_string())))
-                .collect::<HashMap<_, _>>(),
+                .collect(),
         )
     }
 

@@ -1,6 +1,9 @@
 //! Sample data for the example migration: orders with every kind of `status`
 //! (some missing, some already migrated), sizes from ~100 bytes to ~300 KB.
-//! Used by the main job (`scripts/demo`) and by the tests; deterministic per seed.
+//! Used by `dynbulk-sample-data` (the demo) and by the tests and benches (which
+//! include this file); deterministic per seed. Not part of the engine: it owns
+//! its own status mapping, the one the application's new version (and the
+//! reference migration) uses.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,10 +16,10 @@ use aws_sdk_dynamodb::Client;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use rand::{Rng, SeedableRng};
 
-use crate::backoff::{retry, Attempts, Backoff};
-use crate::error::{AwsError, Error, Result};
-use crate::migration::Attrs;
-use crate::migrations::m20241220_add_status_category_fields::category;
+use anyhow::{anyhow, bail, Result};
+use dynbulk::backoff::{retry, Attempts, Backoff};
+use dynbulk::error::AwsError;
+use dynbulk::migration::Attrs;
 
 /// The statuses the sample uses, including ones the mapping does not know.
 pub const STATUSES: &[&str] = &[
@@ -29,6 +32,18 @@ pub const STATUSES: &[&str] = &[
     "on_hold",
     "",
 ];
+
+/// The category for a status, as the application's new version computes it
+/// (and as the reference migration `20241220_add_status_category_fields`
+/// derives it): some sample items already have it.
+pub fn category(status: &str) -> &'static str {
+    match status {
+        "pending" | "processing" => "active",
+        "shipped" | "delivered" => "done",
+        "cancelled" | "refunded" => "closed",
+        _ => "other",
+    }
+}
 
 /// Key shape of a sample table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,20 +150,20 @@ pub async fn create_table(client: &Client, table: &str, shape: KeyShape) -> Resu
     }
     req.send()
         .await
-        .map_err(|e| Error::aws(format!("creating table {table}"), AwsError::from_sdk(e)))?;
+        .map_err(|e| anyhow!("creating table {table}: {}", AwsError::from_sdk(e)))?;
     for _ in 0..600 {
         let d = client
             .describe_table()
             .table_name(table)
             .send()
             .await
-            .map_err(|e| Error::aws(format!("describing table {table}"), AwsError::from_sdk(e)))?;
+            .map_err(|e| anyhow!("describing table {table}: {}", AwsError::from_sdk(e)))?;
         if d.table.and_then(|t| t.table_status) == Some(TableStatus::Active) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(Error::Usage(format!("table {table} did not become ACTIVE")))
+    bail!("table {table} did not become ACTIVE")
 }
 
 /// Generates `n` items from `seed` and writes them with BatchWriteItem (25 per
@@ -206,7 +221,7 @@ async fn put_batch(client: &Client, table: &str, chunk: &[Attrs]) -> Result<()> 
             async move { req.send().await.map_err(AwsError::from_sdk) }
         })
         .await
-        .map_err(|e| Error::aws(format!("loading sample items into {table}"), e))?;
+        .map_err(|e| anyhow!("loading sample items into {table}: {e}"))?;
         pending = out
             .unprocessed_items
             .and_then(|mut u| u.remove(table))
@@ -215,10 +230,10 @@ async fn put_batch(client: &Client, table: &str, chunk: &[Attrs]) -> Result<()> 
             // UnprocessedItems is throttling: back off before re-sending.
             round += 1;
             if round > policy.max_attempts {
-                return Err(Error::Usage(format!(
+                bail!(
                     "{} sample items stayed unprocessed in {table}",
                     pending.len()
-                )));
+                );
             }
             tokio::time::sleep(policy.delay(round, &mut rand::rng())).await;
         }

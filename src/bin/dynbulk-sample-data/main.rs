@@ -5,7 +5,10 @@ use anyhow::{anyhow, Context};
 use clap::Parser;
 
 use dynbulk::cli::ConnectionArgs;
-use dynbulk::sample::{self, KeyShape};
+
+mod sample;
+
+use sample::KeyShape;
 
 /// Create a table of generated sample orders for the example migration.
 #[derive(Debug, Parser)]

@@ -45,6 +45,7 @@ mod progress;
 /// runs. Exit codes: 0 done; 1 done but some items failed; 2 fatal error or
 /// bad usage; 3 lost the lock to another runner; 130 interrupted.
 pub fn run_cli(migrator: impl Migrator) -> ExitCode {
+    crate::inflight::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -94,6 +94,25 @@ fn units(bytes: f64) -> u32 {
     }
 }
 
+/// Keeps glibc's allocator from holding on to freed page buffers.
+///
+/// Scan responses are read into buffers of 64-256 KB. glibc serves blocks
+/// that large with mmap at first, but every time one is freed it raises its
+/// mmap threshold to that size, after which such buffers come from the heap
+/// arenas and fragment them: the process's resident size kept growing with the
+/// number of pages read (33 MB after 10k items, 39 MB after 100k) while the
+/// live heap stayed at 18 MB. A fixed threshold (which also turns the dynamic
+/// adjustment off) keeps them mmapped and returned on free: 29 and 31 MB.
+/// Called once by [`crate::cli::run_cli`]; a no-op elsewhere than glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it is called before the
+    // runtime starts its threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, PAGE_BYTES as libc::c_int);
+    }
+}
+
 /// The Scan `Limit` for a page of about [`PAGE_BYTES`], given the average
 /// item size seen so far, never above `cap` (the plan's page size).
 pub fn page_items(avg_item_bytes: f64, cap: Option<i32>) -> i32 {

@@ -7,6 +7,10 @@
 # With DYNAMODB_ENDPOINT (e.g. http://localhost:8000 from docker-compose.yml):
 # runs the suite against that endpoint instead.
 #
+# tests/migrations_crate.rs builds migrations crates (examples/migrations and
+# a freshly scaffolded one) with cargo into target/tmp/migration-crates: the
+# first run compiles their dependencies there once.
+#
 # Extra arguments go to `cargo test` (e.g. scripts/test.sh --test migrate).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -90,7 +90,9 @@ Examples:
   dynbulk run --segments 16                      apply every pending migration
   dynbulk run --migration 20241220_add_status_category_fields --table orders-dev
   dynbulk status --table orders-dev              what ran on orders-dev, when, by whom
-  dynbulk new \"backfill order totals\"            scaffold migrations/YYYYMMDD_backfill_order_totals.rs
+  dynbulk init --rust migrations                 create a migrations crate in ./migrations
+  dynbulk new \"backfill order totals\"            add src/migrations/YYYYMMDD_backfill_order_totals.rs
+                                                 (from a migrations crate's root)
 
 Exit codes: 0 done; 1 done but some items failed (see the dead-letter file);
 2 fatal error or bad usage; 3 lost the lock to another runner (stopped
@@ -127,8 +129,12 @@ pub enum Command {
     Status(StatusArgs),
     /// List the migrations compiled into this build.
     List,
-    /// Create a new migration file dated today and register it.
+    /// Create a new migration file dated today and register it (run it from a
+    /// migrations crate's root).
     New(NewArgs),
+    /// Create a migrations crate for your repository (--rust): Cargo.toml,
+    /// a main calling dynbulk's command line, the migrations list and an example.
+    Init(InitArgs),
 }
 
 /// Where and as whom to connect (as in the AWS CLI; the standard AWS_* environment works too).
@@ -355,9 +361,24 @@ pub struct NewArgs {
     /// What the migration does, in a few words ("backfill order totals").
     #[arg(required = true, num_args = 1..)]
     pub description: Vec<String>,
-    /// The migrations folder of the dynbulk source tree.
-    #[arg(long, default_value = "migrations", value_name = "DIR")]
+    /// The migrations folder, holding the `mod.rs` that lists them.
+    #[arg(long, default_value = "src/migrations", value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+/// `dynbulk init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Scaffold a Rust migrations crate (the one kind there is for now).
+    #[arg(long)]
+    pub rust: bool,
+    /// Where to create the crate (created if missing; no file it writes may exist).
+    #[arg(default_value = "migrations", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Depend on the dynbulk source tree at DIR instead of the released
+    /// version (for work from a checkout).
+    #[arg(long, value_name = "DIR")]
+    pub dynbulk_path: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@
 //! - `schema`: idempotent schema steps (TTL, GSI).
 //! - `fence`: a held lock's epoch and lease deadline, which state writes prove.
 //! - `status`: the `dynbulk status` listing.
-//! - `scaffold`: `dynbulk new`.
+//! - `scaffold`: `dynbulk init --rust` (a migrations crate) and `dynbulk new` (a migration file).
 //!
 //! The stock binary (`src/bin/dynbulk.rs`) is `run_cli` over the built-in reference
 //! migration; `dynbulk-sample-data` (`src/bin/`) generates the demo's and the

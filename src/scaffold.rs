@@ -1,7 +1,24 @@
-//! `dynbulk new <description>`: writes a dated migration file from a template
-//! and registers it in `migrations/mod.rs` between the registry markers.
+//! Scaffolding a team's migrations crate.
+//!
+//! `dynbulk init --rust [DIR]` ([`init_rust`]) writes a crate whose `main`
+//! calls [`crate::cli::run_cli`] over its own list of migrations: Cargo.toml
+//! (dynbulk at this version, or a path dependency), `src/main.rs`,
+//! `src/migrations/mod.rs` (the list, between registry markers), and the
+//! reference migration `20241220_add_status_category_fields` with its unit
+//! tests as the example. `examples/migrations` in dynbulk's repository is
+//! exactly that output (a test holds them equal).
+//!
+//! `new <description>` ([`create`]) writes a dated migration file from a
+//! template into such a crate's `src/migrations/` and registers it in
+//! `mod.rs` between the markers.
+//!
+//! The reference migration's source lives next to this file
+//! (`scaffold/20241220_add_status_category_fields.rs`): the scaffolder writes
+//! it and the stock binary compiles it in, and it stays inside dynbulk's own
+//! package (a subdirectory with its own Cargo.toml, like the example crate,
+//! is left out of a published package).
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::migration::valid_id;
@@ -42,7 +59,8 @@ pub fn create(dir: &Path, description: &str, date: chrono::NaiveDate) -> Result<
     let registry = std::fs::read_to_string(&mod_rs).map_err(|e| {
         Error::io(
             format!(
-                "reading {} (run `dynbulk new` from the dynbulk source tree, or pass --dir to the migrations folder)",
+                "reading {} (run `new` from the root of your migrations crate, which `dynbulk init --rust` \
+                 creates, or pass --dir to its migrations folder)",
                 mod_rs.display()
             ),
             e,
@@ -60,13 +78,13 @@ pub fn create(dir: &Path, description: &str, date: chrono::NaiveDate) -> Result<
     let registry = insert_before(
         &registry,
         "// dynbulk:modules:end",
-        &format!("#[path = \"{id}.rs\"]\npub mod {module};\n"),
+        &format!("#[path = \"{id}.rs\"]\npub mod {module};"),
         &mod_rs,
     )?;
     let registry = insert_before(
         &registry,
-        "        // dynbulk:registry:end",
-        &format!("        Arc::new({module}::{ty}),\n"),
+        "// dynbulk:registry:end",
+        &format!("Arc::new({module}::{ty}),"),
         &mod_rs,
     )?;
     let text = TEMPLATE
@@ -79,15 +97,26 @@ pub fn create(dir: &Path, description: &str, date: chrono::NaiveDate) -> Result<
     Ok(file)
 }
 
+/// Inserts `insert` (lines, without indentation) before the line whose
+/// trimmed text is `marker`, indented as that line is.
 fn insert_before(text: &str, marker: &str, insert: &str, path: &Path) -> Result<String> {
-    let at = text.find(marker).ok_or_else(|| {
+    let mut at = None;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim() == marker {
+            at = Some((offset, &line[..line.len() - line.trim_start().len()]));
+            break;
+        }
+        offset += line.len();
+    }
+    let (at, indent) = at.ok_or_else(|| {
         Error::Usage(format!(
-            "{} has no `{}` marker; restore it so new migrations can be registered",
+            "{} has no `{marker}` marker; restore it so new migrations can be registered",
             path.display(),
-            marker.trim()
         ))
     })?;
-    Ok(format!("{}{}{}", &text[..at], insert, &text[at..]))
+    let lines: String = insert.lines().map(|l| format!("{indent}{l}\n")).collect();
+    Ok(format!("{}{}{}", &text[..at], lines, &text[at..]))
 }
 
 fn type_name(slug: &str) -> String {
@@ -107,11 +136,12 @@ fn type_name(slug: &str) -> String {
     out
 }
 
+/// A new migration: keeps every item until its author writes the transform.
 const TEMPLATE: &str = r#"//! {DESCRIPTION}
 //!
 //! Transforms must be idempotent: run on their own output, they change nothing.
 
-use crate::migration::{Change, Item, Migration, TransformError, Update};
+use dynbulk::prelude::*;
 
 /// {DESCRIPTION}
 pub struct {TYPE};
@@ -143,14 +173,206 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transform_is_idempotent() {
-        let item = Item::new(Default::default());
-        let change = {TYPE}.transform(&item).unwrap();
-        assert!(matches!(change, Change::Keep | Change::Update(_)));
-        let _ = Update::new();
+    fn an_empty_item_is_kept() {
+        let item = Item::new(Attrs::new());
+        assert_eq!({TYPE}.transform(&item).unwrap(), Change::Keep);
     }
 }
 "#;
+
+/// What `dynbulk init --rust` writes, besides the example migration.
+const CRATE_MANIFEST: &str = r#"[package]
+name = "{NAME}"
+version = "0.1.0"
+edition = "2021"
+publish = false
+
+[dependencies]
+# The engine and its whole command line: `cargo run -- --help`.
+dynbulk = {DYNBULK}
+
+# The AWS SDK is large: debug builds leave out its debug info.
+[profile.dev.package."*"]
+debug = false
+"#;
+
+const CRATE_GITIGNORE: &str = "/target\n";
+
+const CRATE_MAIN: &str = r#"//! This team's DynamoDB migrations, run with dynbulk's whole command line:
+//!
+//! ```text
+//! cargo run -- list                          the migrations in src/migrations
+//! cargo run -- run --dry-run                 what every pending one would change
+//! cargo run -- run --segments 16             apply every pending migration
+//! cargo run -- status                        what ran on each table, when, by whom
+//! cargo run -- new "backfill order totals"   a new migration file, dated today
+//! ```
+
+mod migrations;
+
+fn main() -> std::process::ExitCode {
+    dynbulk::cli::run_cli(migrations::Migrations)
+}
+"#;
+
+const CRATE_MIGRATIONS: &str = r#"//! The migrations of this crate, one file each, named
+//! `YYYYMMDD_description.rs`; they run in id order. `cargo run -- new
+//! <description>` adds a file dated today and registers it between the
+//! markers below; keep the markers.
+
+use std::sync::Arc;
+
+use dynbulk::prelude::*;
+
+// dynbulk:modules:begin
+#[path = "20241220_add_status_category_fields.rs"]
+pub mod m20241220_add_status_category_fields;
+// dynbulk:modules:end
+
+/// Every migration of this crate; `main` hands them to dynbulk's command line,
+/// which checks their ids (well formed, unique) before anything runs.
+pub struct Migrations;
+
+impl Migrator for Migrations {
+    fn migrations(&self) -> Vec<Arc<dyn Migration>> {
+        vec![
+            // dynbulk:registry:begin
+            Arc::new(m20241220_add_status_category_fields::AddStatusCategoryFields),
+            // dynbulk:registry:end
+        ]
+    }
+}
+"#;
+
+/// The reference migration, written as the new crate's example.
+const REFERENCE_MIGRATION: (&str, &str) = (
+    "20241220_add_status_category_fields.rs",
+    include_str!("scaffold/20241220_add_status_category_fields.rs"),
+);
+
+/// Which dynbulk the new crate depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dependency {
+    /// This version, from the registry.
+    Released,
+    /// The dynbulk source tree at this path (absolute, or relative to the
+    /// current directory).
+    Path(PathBuf),
+}
+
+/// Creates a migrations crate in `dir` (created if missing) and returns the
+/// files written, in order. A relative [`Dependency::Path`] is rewritten
+/// relative to the new crate, as Cargo reads it.
+///
+/// # Errors
+/// When one of the files to write exists already (nothing is written then),
+/// the dependency path holds no Cargo.toml, or a write fails.
+pub fn init_rust(dir: &Path, dynbulk: &Dependency) -> Result<Vec<PathBuf>> {
+    let migrations = Path::new("src").join("migrations");
+    let files = [
+        (PathBuf::from("Cargo.toml"), None),
+        (PathBuf::from(".gitignore"), Some(CRATE_GITIGNORE)),
+        (Path::new("src").join("main.rs"), Some(CRATE_MAIN)),
+        (migrations.join("mod.rs"), Some(CRATE_MIGRATIONS)),
+        (
+            migrations.join(REFERENCE_MIGRATION.0),
+            Some(REFERENCE_MIGRATION.1),
+        ),
+    ];
+    let existing: Vec<String> = files
+        .iter()
+        .map(|(f, _)| dir.join(f))
+        .filter(|f| f.exists())
+        .map(|f| f.display().to_string())
+        .collect();
+    if !existing.is_empty() {
+        return Err(Error::Usage(format!(
+            "{} already exists; `init` only creates new files (pick another directory)",
+            existing.join(", ")
+        )));
+    }
+    if let Dependency::Path(p) = dynbulk {
+        if !p.join("Cargo.toml").is_file() {
+            return Err(Error::Usage(format!(
+                "--dynbulk-path {}: no Cargo.toml there; pass the root of a dynbulk checkout",
+                p.display()
+            )));
+        }
+    }
+    let mkdir = |d: &Path| {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(format!("creating {}", d.display()), e))
+    };
+    mkdir(&dir.join(&migrations))?;
+    let manifest = CRATE_MANIFEST
+        .replace("{NAME}", &package_name(dir)?)
+        .replace("{DYNBULK}", &dependency(dir, dynbulk)?);
+    let mut written = Vec::new();
+    for (file, text) in files {
+        let path = dir.join(file);
+        std::fs::write(&path, text.unwrap_or(&manifest))
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// The package name for a crate in `dir`: its folder name, as Cargo accepts it.
+fn package_name(dir: &Path) -> Result<String> {
+    let abs = std::path::absolute(dir)
+        .map_err(|e| Error::io(format!("resolving {}", dir.display()), e))?;
+    let folder = abs
+        .components()
+        .rev()
+        .find_map(|c| match c {
+            Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let name = slug(&folder).replace('_', "-");
+    Ok(match name.chars().next() {
+        None => "migrations".to_owned(),
+        Some(c) if c.is_ascii_digit() => format!("migrations-{name}"),
+        Some(_) => name,
+    })
+}
+
+/// The dependency line's value for dynbulk, in TOML.
+fn dependency(crate_dir: &Path, dynbulk: &Dependency) -> Result<String> {
+    let path = match dynbulk {
+        Dependency::Released => return Ok(format!("\"{}\"", env!("CARGO_PKG_VERSION"))),
+        Dependency::Path(p) if p.is_absolute() => p.clone(),
+        Dependency::Path(p) => {
+            let canonical = |d: &Path| {
+                d.canonicalize()
+                    .map_err(|e| Error::io(format!("resolving {}", d.display()), e))
+            };
+            relative(&canonical(p)?, &canonical(crate_dir)?)
+        }
+    };
+    let text = path
+        .to_string_lossy()
+        .replace('\\', "/")
+        .replace('"', "\\\"");
+    Ok(format!("{{ path = \"{text}\" }}"))
+}
+
+/// `target` relative to `base` (both absolute and canonical).
+fn relative(target: &Path, base: &Path) -> PathBuf {
+    let t: Vec<_> = target.components().collect();
+    let b: Vec<_> = base.components().collect();
+    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests {
@@ -163,15 +385,12 @@ mod tests {
     }
 
     #[test]
-    fn creates_file_and_registers_it() {
+    fn new_creates_a_file_and_registers_it_in_a_scaffolded_crate() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("mod.rs"),
-            "// dynbulk:modules:begin\n// dynbulk:modules:end\nvec![\n        // dynbulk:registry:begin\n        // dynbulk:registry:end\n];\n",
-        )
-        .unwrap();
+        init_rust(dir.path(), &Dependency::Released).unwrap();
+        let migrations = dir.path().join("src").join("migrations");
         let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
-        let file = create(dir.path(), "Backfill order totals", date).unwrap();
+        let file = create(&migrations, "Backfill order totals", date).unwrap();
         assert_eq!(
             file.file_name().unwrap(),
             "20261124_backfill_order_totals.rs"
@@ -179,10 +398,94 @@ mod tests {
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(text.contains("\"20261124_backfill_order_totals\""));
         assert!(text.contains("pub struct BackfillOrderTotals;"));
-        let reg = std::fs::read_to_string(dir.path().join("mod.rs")).unwrap();
-        assert!(reg.contains("#[path = \"20261124_backfill_order_totals.rs\"]\npub mod m20261124_backfill_order_totals;\n// dynbulk:modules:end"));
-        assert!(reg.contains("Arc::new(m20261124_backfill_order_totals::BackfillOrderTotals),\n        // dynbulk:registry:end"));
-        let again = create(dir.path(), "Backfill order totals", date).unwrap_err();
+        assert!(text.contains("use dynbulk::prelude::*;"));
+        let reg = std::fs::read_to_string(migrations.join("mod.rs")).unwrap();
+        assert!(reg.contains("pub mod m20241220_add_status_category_fields;\n#[path = \"20261124_backfill_order_totals.rs\"]\npub mod m20261124_backfill_order_totals;\n// dynbulk:modules:end"), "{reg}");
+        assert!(reg.contains("            Arc::new(m20241220_add_status_category_fields::AddStatusCategoryFields),\n            Arc::new(m20261124_backfill_order_totals::BackfillOrderTotals),\n            // dynbulk:registry:end"), "{reg}");
+        let again = create(&migrations, "Backfill order totals", date).unwrap_err();
         assert!(again.to_string().contains("already exists"));
+    }
+
+    #[test]
+    fn a_registry_without_markers_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("mod.rs"), "// no markers\n").unwrap();
+        let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
+        let err = create(dir.path(), "x", date).unwrap_err().to_string();
+        assert!(err.contains("dynbulk:modules:end"), "{err}");
+        assert!(!dir.path().join("20261124_x.rs").exists());
+    }
+
+    #[test]
+    fn init_writes_a_crate_depending_on_this_version() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("Team Migrations");
+        let files = init_rust(&dir, &Dependency::Released).unwrap();
+        assert_eq!(files.len(), 5);
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains("name = \"team-migrations\"\n"),
+            "{manifest}"
+        );
+        assert!(
+            manifest.contains(&format!("dynbulk = \"{}\"\n", env!("CARGO_PKG_VERSION"))),
+            "{manifest}"
+        );
+        let example = dir
+            .join("src")
+            .join("migrations")
+            .join("20241220_add_status_category_fields.rs");
+        assert_eq!(
+            std::fs::read_to_string(example).unwrap(),
+            REFERENCE_MIGRATION.1
+        );
+        // A second init into the same place writes nothing.
+        std::fs::write(dir.join("src").join("main.rs"), "// mine\n").unwrap();
+        let err = init_rust(&dir, &Dependency::Released).unwrap_err();
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("src").join("main.rs")).unwrap(),
+            "// mine\n"
+        );
+    }
+
+    #[test]
+    fn a_path_dependency_is_written_relative_to_the_new_crate() {
+        let root = tempfile::tempdir().unwrap();
+        let checkout = root.path().join("dynbulk");
+        std::fs::create_dir_all(&checkout).unwrap();
+        std::fs::write(checkout.join("Cargo.toml"), "").unwrap();
+        let dir = root.path().join("repo").join("migrations");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(
+            dependency(&dir, &Dependency::Path(checkout.clone())).unwrap(),
+            format!("{{ path = \"{}\" }}", checkout.display())
+        );
+        assert_eq!(
+            relative(
+                &checkout.canonicalize().unwrap(),
+                &dir.canonicalize().unwrap()
+            ),
+            Path::new("../../dynbulk")
+        );
+        let missing = init_rust(
+            &root.path().join("other"),
+            &Dependency::Path(root.path().join("nowhere")),
+        )
+        .unwrap_err();
+        assert!(missing.to_string().contains("no Cargo.toml"), "{missing}");
+    }
+
+    #[test]
+    fn package_names_come_from_the_folder() {
+        assert_eq!(
+            package_name(Path::new("/x/Team Migrations")).unwrap(),
+            "team-migrations"
+        );
+        assert_eq!(
+            package_name(Path::new("/x/2025")).unwrap(),
+            "migrations-2025"
+        );
+        assert_eq!(package_name(Path::new("/x/--")).unwrap(), "migrations");
     }
 }

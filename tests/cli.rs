@@ -422,7 +422,7 @@ async fn item_too_large_to_update_is_dead_lettered_and_exit_is_1() {
 }
 
 #[test]
-fn list_and_new_scaffold_a_registered_migration() {
+fn list_new_and_init_scaffold_migrations() {
     let out = dynbulk().arg("list").output().unwrap();
     assert!(text(&out).0.contains(MIGRATION));
 
@@ -446,6 +446,29 @@ fn list_and_new_scaffold_a_registered_migration() {
     assert_eq!(created.len(), 1);
     let registry = std::fs::read_to_string(dir.path().join("mod.rs")).unwrap();
     assert!(registry.contains("::BackfillOrderTotals),"), "{registry}");
+
+    // `init` makes only Rust crates for now, and never overwrites a file.
+    expect_error(&["init"], 2, "pass --rust");
+    let crate_dir = dir.path().join("team");
+    let out = dynbulk()
+        .args(["init", "--rust"])
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains(&format!("dynbulk = \"{}\"", env!("CARGO_PKG_VERSION"))));
+    let out = dynbulk()
+        .args(["init", "--rust"])
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("already exists"), "{}", text(&out).1);
+    assert_eq!(
+        std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap(),
+        manifest
+    );
 
     let missing = dir.path().join("nowhere");
     let out = dynbulk()

@@ -10,7 +10,7 @@ use anyhow::{anyhow, Context};
 use tokio_util::sync::CancellationToken;
 
 use super::progress;
-use super::{Cli, Command, LogFormat, RunArgs, StatusArgs};
+use super::{Cli, Command, InitArgs, LogFormat, RunArgs, StatusArgs};
 use crate::migration::Migration;
 use crate::report::Outcome;
 use crate::{client, ledger, run, scaffold, status};
@@ -83,12 +83,34 @@ async fn dispatch(command: Command, migrations: &[Arc<dyn Migration>]) -> anyhow
                 scaffold::create(&args.dir, &description, chrono::Local::now().date_naive())?;
             println!("created {}", file.display());
             println!(
-                "registered it in {}; rebuild dynbulk to include it",
+                "registered it in {}; build again to include it",
                 args.dir.join("mod.rs").display()
             );
             Ok(0)
         }
+        Command::Init(args) => init_command(args),
     }
+}
+
+fn init_command(args: InitArgs) -> anyhow::Result<u8> {
+    if !args.rust {
+        anyhow::bail!(
+            "pass --rust: a Rust migrations crate is the one kind `init` creates for now \
+             (script migrations come in a later version)"
+        );
+    }
+    let dependency = match args.dynbulk_path {
+        Some(path) => scaffold::Dependency::Path(path),
+        None => scaffold::Dependency::Released,
+    };
+    for file in scaffold::init_rust(&args.dir, &dependency)? {
+        println!("created {}", file.display());
+    }
+    println!(
+        "next: cd {} && cargo run -- list; `cargo run -- new \"what it does\"` adds a migration",
+        args.dir.display()
+    );
+    Ok(0)
 }
 
 /// Picks the migrations to run: one by id, or all in id order.

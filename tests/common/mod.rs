@@ -147,7 +147,13 @@ pub async fn table_exists(client: &Client, table: &str) -> bool {
 
 /// The real `dynbulk` binary, pointed at the endpoint under test.
 pub fn dynbulk() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dynbulk"));
+    program(env!("CARGO_BIN_EXE_dynbulk"))
+}
+
+/// A program built on dynbulk's command line (the stock binary, a migrations
+/// crate's), pointed at the endpoint under test.
+pub fn program(path: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(path);
     cmd.env_remove("AWS_PROFILE")
         .env_remove("AWS_ENDPOINT_URL_DYNAMODB")
         .env("AWS_ENDPOINT_URL", endpoint())

@@ -21,7 +21,7 @@
 //! the run, names it in the header before it writes any segment.
 //!
 //! Every row records the lock epoch of the runner that wrote it and every
-//! write is fenced (see [`crate::fence`]). A segment row of another run — one
+//! write is fenced (see the `fence` module). A segment row of another run — one
 //! a runner that had lost the lock wrote after the run was restarted — is
 //! not a checkpoint of this run: loading ignores it, and that segment is
 //! scanned from its start.
@@ -115,7 +115,7 @@ pub struct Store {
 
 impl Store {
     /// Run state of `migration` on `table`, in `state_table`; reads only
-    /// until given the lock's [`Fence`] with [`Store::fenced`].
+    /// until given the lock's `Fence` with [`Store::fenced`].
     pub fn new(client: Client, state_table: &str, table: &str, migration: &str) -> Self {
         Store {
             client,

@@ -5,7 +5,7 @@
 //! Layout: partition `ledger#<table>`, sort key `<migration id>`; one item per
 //! migration per target table (the same migration is applied separately to
 //! `orders-dev` and `orders-prod`). Entries are written under the run's lock,
-//! fenced (see [`crate::fence`]): a runner that lost the lock cannot
+//! fenced (see the `fence` module): a runner that lost the lock cannot
 //! overwrite what the runner that took it over recorded.
 
 use std::collections::HashMap;

@@ -32,7 +32,7 @@
 //! - [`scan`]: segment tasks sending pages into the bounded channel.
 //! - [`inflight`]: the bound on bytes of scanned items held in memory; page sizing.
 //! - [`worker`]: the pool that applies transforms to pages.
-//! - [`write`]: one item's transform, conditional write, conflict re-read; dry run.
+//! - [`write`](mod@write): one item's transform, conditional write, conflict re-read; dry run.
 //! - [`backoff`]: jittered exponential retry; the one retry policy.
 //! - [`limiter`]: capacity budgets (governor ceiling + adaptive working rate), page sizing.
 //! - [`ledger`]: the state table's record of what ran where.
@@ -89,15 +89,16 @@ pub mod write;
 
 pub use error::{Error, Result};
 
-/// What a migrations crate needs, in one import: `use dynbulk::prelude::*;`.
-///
-/// For a migration author: [`Migration`] and the types its transform uses
-/// ([`Item`], [`Change`], [`Update`], [`TransformError`], [`Number`],
-/// [`AttributeValue`], [`ScanOptions`], [`SchemaStep`]). For the program that
-/// runs them: [`Migrator`] and [`run_cli`]; to drive runs without the command
-/// line, [`Plan`] with [`Limits`]/[`Limit`] for `dynbulk::run::run`, and the
-/// [`Report`] and [`Outcome`] it returns.
 pub mod prelude {
+    //! What a migrations crate needs, in one import: `use dynbulk::prelude::*;`.
+    //!
+    //! For a migration author: [`Migration`] and the types its transform uses
+    //! ([`Item`], [`Change`], [`Update`], [`TransformError`], [`Number`],
+    //! [`AttributeValue`], [`ScanOptions`], [`SchemaStep`]). For the program that
+    //! runs them: [`Migrator`] and [`run_cli`]; to drive runs without the command
+    //! line, [`Plan`] with [`Limits`]/[`Limit`] for `dynbulk::run::run`, and the
+    //! [`Report`] and [`Outcome`] it returns.
+
     pub use crate::cli::run_cli;
     pub use crate::migration::{
         Attrs, Change, Item, Migration, Number, ScanOptions, SchemaStep, TransformError, Update,

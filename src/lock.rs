@@ -15,7 +15,7 @@
 //!
 //! The holder renews its lease every third of a lease, conditioned on its
 //! token; a refused renewal means the lock was taken over, and a lease that
-//! could not be renewed in time is given up (see [`crate::fence`]): either way
+//! could not be renewed in time is given up (see the `fence` module): either way
 //! the runner stops writing at once.
 //!
 //! The item is never deleted: releasing the lock removes the holder and keeps

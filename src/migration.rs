@@ -4,7 +4,7 @@
 //! The transform sees an [`Item`], which records every attribute it reads. The
 //! writer conditions its write on those attributes (and the ones it changes)
 //! still holding the scanned values, so an application write that lands between
-//! our read and our write is never overwritten (see [`crate::diff`]).
+//! our read and our write is never overwritten (see the `diff` module).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;

@@ -60,7 +60,7 @@ pub struct Writer {
     /// What every write is conditioned on besides the transform's reads: the
     /// version attribute and the scan filter.
     pub guard: diff::Guard,
-    /// Key attributes of the table's secondary indexes (for [`crate::validate`]).
+    /// Key attributes of the table's secondary indexes (for the `validate` checks).
     pub index_keys: Vec<crate::table::IndexKey>,
     /// The run's lock: no write attempt is sent once it is not provably held,
     /// and attempts in flight are abandoned. `None` in dry runs.

@@ -17,15 +17,15 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::SeedableRng;
 use tokio::sync::{mpsc, Mutex};
 
-use dynbulk::deadletter::DeadLetter;
-use dynbulk::inflight::{InFlight, BUDGET_BYTES};
-use dynbulk::limiter::{Budget, Budgets};
+use dynbulk::capacity::limiter::{Budget, Budgets};
 use dynbulk::metrics;
 use dynbulk::migration::Attrs;
+use dynbulk::pipeline::inflight::{InFlight, BUDGET_BYTES};
+use dynbulk::pipeline::scan::Page;
+use dynbulk::pipeline::worker::{self, Pool};
+use dynbulk::pipeline::write::Writer;
 use dynbulk::report::Stats;
-use dynbulk::scan::Page;
-use dynbulk::worker::{self, Pool};
-use dynbulk::write::Writer;
+use dynbulk::state::deadletter::DeadLetter;
 
 // The sample generator and the tests' own migration (the engine ships none).
 #[allow(dead_code)]

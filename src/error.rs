@@ -3,7 +3,7 @@
 //! Every DynamoDB call's failure is first reduced to an [`AwsError`] (an error code,
 //! an HTTP status and a message), then [`classify`] decides whether it is
 //! throttling, a transient fault, a per-item failure or fatal. Retry policy
-//! (see [`crate::backoff`]) acts on that class only; nothing else inspects codes.
+//! (see [`crate::capacity::backoff`]) acts on that class only; nothing else inspects codes.
 
 use std::fmt;
 

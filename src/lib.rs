@@ -14,44 +14,33 @@
 //!
 //! # Layout
 //!
-//! The public API:
+//! Imports point one way, down this list: the command line drives runs, a run
+//! drives the pipeline, state and capacity, and those talk to DynamoDB.
 //!
 //! - [`prelude`]: what a migrations crate imports.
-//! - [`cli`]: `run_cli`, the command line as a library call; clap definitions and their
-//!   validation into a [`run::Plan`]; the progress display.
-//! - [`migrator`]: the `Migrator` trait (a program's list of migrations) and its start-up check.
 //! - [`migration`]: the `Migration` trait, `Item` (read-tracking), `Change`, `Update`, `Number`.
-//! - [`run`]: one migration's run: ledger, schema step, the pipeline; the `Plan`.
-//! - [`report`]: counters and the run report.
-//! - [`error`]: the error type and the classification of AWS errors.
-//! - [`client`]: the one shared DynamoDB client (SDK retries off).
+//! - [`migrator`]: the `Migrator` trait (a program's list of migrations) and its start-up check.
+//! - [`cli`]: `run_cli`, the command line as a library call: clap argument groups,
+//!   their validation into a [`run::Plan`], dispatch of each command, the progress
+//!   display, `status`, and the scaffolds of `init --rust` and `new`.
+//! - [`run`]: one migration's run (orchestration): the `Plan`, the ledger, the lock,
+//!   checkpoints, the schema step, the pipeline, the outcome.
+//! - [`pipeline`]: the data path: segment scans, the in-flight byte budget, the
+//!   worker pool, one item's conditional write, write planning (`diff`, `validate`).
+//! - [`state`]: the state table (ledger, checkpoints, lock and its fence) and the
+//!   dead-letter file.
+//! - [`capacity`]: capacity budgets (governor ceiling + adaptive working rate) and
+//!   the one retry policy (backoff).
+//! - [`dynamo`]: the DynamoDB edge: the shared client, table description, schema
+//!   steps, numbers and the typed deserializer.
+//! - [`report`]: counters and the run report; [`metrics`]: Prometheus names, the
+//!   exporter, snapshot publishing; [`error`]: the error type and the
+//!   classification of AWS errors.
 //!
-//! Engine internals, public because the integration tests and benches drive
-//! them directly (not an API to build on; they change without notice):
-//!
-//! - [`scan`]: segment tasks sending pages into the bounded channel.
-//! - [`inflight`]: the bound on bytes of scanned items held in memory; page sizing.
-//! - [`worker`]: the pool that applies transforms to pages.
-//! - [`write`](mod@write): one item's transform, conditional write, conflict re-read; dry run.
-//! - [`backoff`]: jittered exponential retry; the one retry policy.
-//! - [`limiter`]: capacity budgets (governor ceiling + adaptive working rate), page sizing.
-//! - [`ledger`]: the state table's record of what ran where.
-//! - [`checkpoint`]: per-segment checkpoints, the acknowledgement watermark, resume state.
-//! - [`lock`]: one runner per migration and table (lease, heartbeat, takeover).
-//! - [`deadletter`]: the JSON-lines file of failed items.
-//! - [`metrics`]: Prometheus metric names, the exporter, snapshot publishing.
-//!
-//! Private to the crate:
-//!
-//! - `typed`: `Item::parse`'s serde deserializer, recording what the type read.
-//! - `number`: `Number`, DynamoDB's 38-digit decimal kept as text (re-exported by `migration`).
-//! - `diff`: pure change-to-expression logic (SET/REMOVE + condition).
-//! - `validate`: a planned write checked against DynamoDB's limits before it is sent.
-//! - `table`: DescribeTable facts about the target table.
-//! - `schema`: idempotent schema steps (TTL, GSI).
-//! - `fence`: a held lock's epoch and lease deadline, which state writes prove.
-//! - `status`: the `dynbulk status` listing.
-//! - `scaffold`: `dynbulk init --rust` (a migrations crate) and `dynbulk new` (a migration file).
+//! The public API is [`prelude`], [`cli`], [`migrator`], [`migration`], [`run`],
+//! [`report`] and [`error`]. The engine modules under [`pipeline`], [`state`],
+//! [`capacity`] and [`dynamo`] are public where the integration tests and benches
+//! drive them directly; they are not an API to build on and change without notice.
 //!
 //! The stock binary (`src/bin/dynbulk.rs`) is `run_cli` over the built-in reference
 //! migration; `dynbulk-sample-data` (`src/bin/`) generates the demo's and the
@@ -59,33 +48,17 @@
 
 #![warn(missing_docs)]
 
-pub mod backoff;
-pub mod checkpoint;
+pub mod capacity;
 pub mod cli;
-pub mod client;
-pub mod deadletter;
-mod diff;
+pub mod dynamo;
 pub mod error;
-mod fence;
-pub mod inflight;
-pub mod ledger;
-pub mod limiter;
-pub mod lock;
 pub mod metrics;
 pub mod migration;
 pub mod migrator;
-mod number;
+pub mod pipeline;
 pub mod report;
 pub mod run;
-mod scaffold;
-pub mod scan;
-mod schema;
-mod status;
-mod table;
-mod typed;
-mod validate;
-pub mod worker;
-pub mod write;
+pub mod state;
 
 pub use error::{Error, Result};
 

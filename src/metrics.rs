@@ -4,7 +4,7 @@
 //! Hot paths do not touch the recorder per item: workers count in the run's
 //! atomic [`Stats`], and [`publish`] copies a snapshot into the metrics once a
 //! second (and at the end). Per-request metrics (latency, throttles, retries)
-//! are recorded where the request is made ([`crate::limiter::Budget::call`]).
+//! are recorded where the request is made ([`crate::capacity::limiter::Budget::call`]).
 //!
 //! Labels come from small fixed sets: `migration`, `table`, `kind`
 //! (read/write), `op` (the DynamoDB operation), `outcome`, `code`, `reason`,
@@ -18,8 +18,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::PrometheusBuilder;
 
+use crate::capacity::limiter::Budgets;
 use crate::error::{Error, Result};
-use crate::limiter::Budgets;
 use crate::report::Stats;
 
 /// Items read by the scan.

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{de::DeserializeOwned, Serialize};
 
-pub use crate::number::Number;
+pub use crate::dynamo::number::Number;
 
 /// A DynamoDB item as the SDK represents it.
 pub type Attrs = HashMap<String, AttributeValue>;
@@ -143,7 +143,7 @@ impl Update {
         for (name, value) in new {
             if !old
                 .get(name)
-                .is_some_and(|o| crate::diff::same_value(o, value))
+                .is_some_and(|o| crate::pipeline::diff::same_value(o, value))
             {
                 update.set.insert(name.clone(), value.clone());
             }
@@ -319,7 +319,7 @@ impl Item {
     /// When the item does not match `T`'s shape.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, TransformError> {
         let read = std::cell::RefCell::new(BTreeSet::new());
-        let value = crate::typed::from_item(&self.attrs, &read);
+        let value = crate::dynamo::typed::from_item(&self.attrs, &read);
         self.read
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -346,7 +346,7 @@ impl Item {
             if !self
                 .scanned()
                 .get(&name)
-                .is_some_and(|o| crate::diff::same_typed_value(o, &v))
+                .is_some_and(|o| crate::pipeline::diff::same_typed_value(o, &v))
             {
                 update.set.insert(name, v);
             }

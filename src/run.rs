@@ -12,23 +12,23 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
-use crate::checkpoint::{self, Ack, RunState, SegmentState, Store};
-use crate::deadletter::DeadLetter;
+use crate::capacity::backoff::Backoff;
+use crate::capacity::limiter::{self, Budget, Budgets};
+use crate::dynamo::{schema, table};
 use crate::error::Error;
-use crate::fence::Fence;
-use crate::inflight::InFlight;
-use crate::ledger::{self, Ledger, Status};
-use crate::limiter::{self, Budget, Budgets};
-use crate::lock;
 use crate::metrics;
 use crate::migration::Attrs;
 use crate::migration::Migration;
+use crate::pipeline::inflight::InFlight;
+use crate::pipeline::scan::{ScanSpec, Scanner};
+use crate::pipeline::worker::{self, Pool, Stop};
+use crate::pipeline::write::Writer;
 use crate::report::{Capacity, Observer, Outcome, Progress, Report, Stats};
-use crate::scan::{ScanSpec, Scanner};
-use crate::worker::{self, Pool, Stop};
-use crate::write::Writer;
-use crate::{schema, table};
+use crate::state::checkpoint::{self, Ack, RunState, SegmentState, Store};
+use crate::state::deadletter::DeadLetter;
+use crate::state::fence::Fence;
+use crate::state::ledger::{self, Ledger, Status};
+use crate::state::lock;
 
 /// Scans running at once at most: beyond this, more segments only mean smaller
 /// slices, not more parallelism (TotalSegments may be up to 1,000,000).
@@ -44,10 +44,10 @@ pub struct Plan {
     /// Items of one page each worker processes at once.
     pub item_concurrency: usize,
     /// Largest Scan `Limit`; pages are otherwise sized to about
-    /// [`crate::inflight::PAGE_BYTES`] from the items seen.
+    /// [`crate::pipeline::inflight::PAGE_BYTES`] from the items seen.
     pub page_size: Option<i32>,
     /// Bytes of scanned items held in memory at most (pages being scanned,
-    /// queued, and worked on); [`crate::inflight::BUDGET_BYTES`] by default.
+    /// queued, and worked on); [`crate::pipeline::inflight::BUDGET_BYTES`] by default.
     pub inflight_bytes: usize,
     /// Send no write of any kind.
     pub dry_run: bool,
@@ -112,7 +112,7 @@ impl Default for Plan {
             workers: 8,
             item_concurrency: 8,
             page_size: None,
-            inflight_bytes: crate::inflight::BUDGET_BYTES,
+            inflight_bytes: crate::pipeline::inflight::BUDGET_BYTES,
             dry_run: false,
             rerun: false,
             max_errors: Some(1000),
@@ -221,7 +221,7 @@ impl std::fmt::Display for Prepared {
             None => writeln!(
                 f,
                 "  page size:      ~{} KB (items per page follow the item size)",
-                crate::inflight::PAGE_BYTES / 1024
+                crate::pipeline::inflight::PAGE_BYTES / 1024
             )?,
         }
         writeln!(f, "  read limit:     {}", limit(self.read_limit, "RCU"))?;
@@ -893,7 +893,7 @@ struct Pipes {
 fn scan_and_guard(
     migration: &dyn Migration,
     plan: &Plan,
-) -> (crate::migration::ScanOptions, crate::diff::Guard) {
+) -> (crate::migration::ScanOptions, crate::pipeline::diff::Guard) {
     let mut options = migration.scan_options();
     let version = plan
         .version_attribute
@@ -904,11 +904,10 @@ fn scan_and_guard(
             attrs.push(v.clone());
         }
     }
-    let filter = options
-        .filter
-        .as_deref()
-        .map(|expr| crate::diff::Filter::new(expr, &options.filter_names, &options.filter_values));
-    (options, crate::diff::Guard { version, filter })
+    let filter = options.filter.as_deref().map(|expr| {
+        crate::pipeline::diff::Filter::new(expr, &options.filter_names, &options.filter_values)
+    });
+    (options, crate::pipeline::diff::Guard { version, filter })
 }
 
 async fn pipeline(
@@ -944,7 +943,7 @@ async fn pipeline(
     let projection = options
         .projection
         .as_ref()
-        .map(|attrs| crate::scan::projection_expr(&info.keys, attrs));
+        .map(|attrs| crate::pipeline::scan::projection_expr(&info.keys, attrs));
     let writer = Arc::new(Writer {
         client: client.clone(),
         table: info.name.clone(),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
-use dynbulk::ledger::{Ledger, Status};
+use dynbulk::state::ledger::{Ledger, Status};
 use proxy::{Config, Proxy};
 
 const MIGRATION: &str = "20241220_add_status_category_fields";
@@ -79,10 +79,10 @@ async fn lock_item(state: &str, table: &str) -> Option<Attrs> {
 }
 
 /// Waits until some runner holds the lock, and says who.
-async fn wait_for_holder(state: &str, table: &str) -> dynbulk::lock::Holder {
+async fn wait_for_holder(state: &str, table: &str) -> dynbulk::state::lock::Holder {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some(h) = dynbulk::lock::holder(&client(), state, table, MIGRATION)
+        if let Some(h) = dynbulk::state::lock::holder(&client(), state, table, MIGRATION)
             .await
             .unwrap()
         {
@@ -234,7 +234,7 @@ async fn a_killed_holder_is_taken_over_after_one_observed_lease_period_whatever_
         .send()
         .await
         .unwrap();
-    let dead = dynbulk::lock::holder(&client(), &state.name, &table.name, MIGRATION)
+    let dead = dynbulk::state::lock::holder(&client(), &state.name, &table.name, MIGRATION)
         .await
         .unwrap()
         .expect("the dead holder's lock");

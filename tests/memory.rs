@@ -13,7 +13,7 @@ use std::sync::Arc;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use common::*;
-use dynbulk::inflight::PAGE_BYTES;
+use dynbulk::pipeline::inflight::PAGE_BYTES;
 use dynbulk::report::Outcome;
 use dynbulk::run::{self, Limit, Limits, Plan};
 use proxy::{Config, Kind, Proxy};

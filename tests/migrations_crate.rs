@@ -18,7 +18,7 @@ use std::process::{Command, Output};
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::sample::{self, KeyShape};
 use common::*;
-use dynbulk::ledger::{Ledger, Status};
+use dynbulk::state::ledger::{Ledger, Status};
 
 const REFERENCE: &str = "20241220_add_status_category_fields";
 

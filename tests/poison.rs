@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{
     KeyType, Projection, ProjectionType, ScalarAttributeType,
 };
 use common::*;
-use dynbulk::backoff::Backoff;
+use dynbulk::capacity::backoff::Backoff;
 use dynbulk::migration::{Change, Item, Migration, TransformError, Update};
 use dynbulk::report::Outcome;
 use dynbulk::run::{self, Limit, Limits, Plan};
@@ -663,13 +663,13 @@ async fn dead_letters_and_the_error_budget_span_every_attempt_of_a_run() {
 /// checkpoint: a resume redoes that page rather than lose the failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_never_moves_past_dead_letters_not_on_disk() {
-    use dynbulk::checkpoint::{checkpointer, Ack, SegmentState, Store};
-    use dynbulk::deadletter::DeadLetter;
     use dynbulk::report::Counts;
+    use dynbulk::state::checkpoint::{checkpointer, Ack, SegmentState, Store};
+    use dynbulk::state::deadletter::DeadLetter;
 
     let client = client();
     let state = TestTable::named("state");
-    dynbulk::ledger::Ledger::new(client.clone(), state.name.clone())
+    dynbulk::state::ledger::Ledger::new(client.clone(), state.name.clone())
         .ensure()
         .await
         .unwrap();
@@ -698,12 +698,12 @@ async fn a_checkpoint_never_moves_past_dead_letters_not_on_disk() {
 
     // The usual case: synced, named, counted with the checkpoint.
     // State is written under the run's lock.
-    let lock = dynbulk::lock::acquire(
+    let lock = dynbulk::state::lock::acquire(
         &client,
         &state.name,
         "orders",
         "20250101_synced",
-        dynbulk::lock::DEFAULT_LEASE,
+        dynbulk::state::lock::DEFAULT_LEASE,
     )
     .await
     .unwrap();
@@ -727,12 +727,12 @@ async fn a_checkpoint_never_moves_past_dead_letters_not_on_disk() {
 
     // The record reached the operating system, but its new file's directory is gone.
     // State is written under the run's lock.
-    let lock = dynbulk::lock::acquire(
+    let lock = dynbulk::state::lock::acquire(
         &client,
         &state.name,
         "orders",
         "20250101_lost",
-        dynbulk::lock::DEFAULT_LEASE,
+        dynbulk::state::lock::DEFAULT_LEASE,
     )
     .await
     .unwrap();

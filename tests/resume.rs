@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use common::*;
-use dynbulk::ledger::Ledger;
+use dynbulk::state::ledger::Ledger;
 use proxy::{Config, Kind, Proxy};
 use rand::{Rng, SeedableRng};
 
@@ -270,7 +270,7 @@ async fn one_runner_per_migration_and_takeover_after_the_holder_dies() {
     let client = client();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if dynbulk::lock::holder(&client, &state.name, &table.name, MIGRATION)
+        if dynbulk::state::lock::holder(&client, &state.name, &table.name, MIGRATION)
             .await
             .unwrap()
             .is_some()

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use common::sample::{self, KeyShape};
 use common::*;
-use dynbulk::ledger::{Ledger, Status};
 use dynbulk::migration::{Change, Item, Migration, SchemaStep, TransformError};
 use dynbulk::report::{Outcome, Report};
 use dynbulk::run::{self, Failure, Limit, Limits, Plan};
+use dynbulk::state::ledger::{Ledger, Status};
 use proxy::{Config, Proxy, Stats};
 use tokio_util::sync::CancellationToken;
 

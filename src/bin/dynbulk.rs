@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use dynbulk::prelude::*;
 
-#[path = "../scaffold/20241220_add_status_category_fields.rs"]
+#[path = "../cli/scaffold/20241220_add_status_category_fields.rs"]
 mod m20241220_add_status_category_fields;
 
 /// The migrations built into the stock binary.

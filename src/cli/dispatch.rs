@@ -10,10 +10,13 @@ use anyhow::{anyhow, Context};
 use tokio_util::sync::CancellationToken;
 
 use super::progress;
+use super::{scaffold, status};
 use super::{Cli, Command, InitArgs, LogFormat, RunArgs, StatusArgs};
+use crate::dynamo::client;
 use crate::migration::Migration;
 use crate::report::Outcome;
-use crate::{client, ledger, run, scaffold, status};
+use crate::run;
+use crate::state::ledger;
 
 const EXIT_ITEM_FAILURES: u8 = 1;
 pub(super) const EXIT_FATAL: u8 = 2;

@@ -39,7 +39,7 @@ pub fn client() -> Client {
 /// A client for any endpoint (a proxy in front of the real one, say).
 pub fn client_for(endpoint: &str) -> Client {
     // dynbulk's own policy: no SDK retries, so injected faults reach dynbulk's backoff.
-    let conf = dynbulk::client::policy(aws_sdk_dynamodb::Config::builder())
+    let conf = dynbulk::dynamo::client::policy(aws_sdk_dynamodb::Config::builder())
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new(

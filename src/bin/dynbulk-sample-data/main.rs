@@ -33,7 +33,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let client = dynbulk::client::build(&args.connection.connection())
+    let client = dynbulk::dynamo::client::build(&args.connection.connection())
         .await
         .map_err(|e| anyhow!(e))?;
     let shape = if args.hash_only {

@@ -17,7 +17,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use rand::{Rng, SeedableRng};
 
 use anyhow::{anyhow, bail, Result};
-use dynbulk::backoff::{retry, Attempts, Backoff};
+use dynbulk::capacity::backoff::{retry, Attempts, Backoff};
 use dynbulk::error::AwsError;
 use dynbulk::migration::Attrs;
 

@@ -3,7 +3,7 @@
 //! Region, credentials and endpoint resolve as in the AWS CLI: flags first, then
 //! `AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL(_DYNAMODB)`, the shared config
 //! files and the default credential chain. The SDK's retries are off: dynbulk's
-//! [`crate::backoff`] owns retry policy so throttling is seen in one place.
+//! [`crate::capacity::backoff`] owns retry policy so throttling is seen in one place.
 
 use std::time::Duration;
 

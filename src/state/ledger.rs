@@ -17,11 +17,11 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use crate::backoff::{retry, Attempts, Backoff};
+use crate::capacity::backoff::{retry, Attempts, Backoff};
 use crate::error::{AwsError, Error, Result};
-use crate::fence::{self, Fence};
 use crate::migration::Attrs;
 use crate::report::{Counts, Outcome, Report};
+use crate::state::fence::{self, Fence};
 
 /// Default state table name.
 pub const DEFAULT_STATE_TABLE: &str = "dynbulk-state";

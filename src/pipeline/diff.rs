@@ -262,10 +262,18 @@ pub fn same_typed_value(old: &AttributeValue, new: &AttributeValue) -> bool {
 pub fn same_value(a: &AttributeValue, b: &AttributeValue) -> bool {
     use AttributeValue as V;
     match (a, b) {
-        (V::N(x), V::N(y)) => crate::number::canonical(x) == crate::number::canonical(y),
+        (V::N(x), V::N(y)) => {
+            crate::dynamo::number::canonical(x) == crate::dynamo::number::canonical(y)
+        }
         (V::Ns(x), V::Ns(y)) => {
-            let mut x: Vec<_> = x.iter().map(|n| crate::number::canonical(n)).collect();
-            let mut y: Vec<_> = y.iter().map(|n| crate::number::canonical(n)).collect();
+            let mut x: Vec<_> = x
+                .iter()
+                .map(|n| crate::dynamo::number::canonical(n))
+                .collect();
+            let mut y: Vec<_> = y
+                .iter()
+                .map(|n| crate::dynamo::number::canonical(n))
+                .collect();
             x.sort();
             y.sort();
             x == y

@@ -15,11 +15,11 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::diff::Planned;
-use crate::limiter::{item_size, value_size};
+use crate::capacity::limiter::{item_size, value_size};
+use crate::dynamo::number::{decimal, problem as number_problem};
+use crate::dynamo::table::{IndexKey, Scalar};
 use crate::migration::{Attrs, Change};
-use crate::number::{decimal, problem as number_problem};
-use crate::table::{IndexKey, Scalar};
+use crate::pipeline::diff::Planned;
 
 /// Largest item DynamoDB stores, attribute names included: 400 KB.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
@@ -328,8 +328,8 @@ mod tests {
     use std::collections::{BTreeSet, HashMap};
 
     use super::*;
-    use crate::diff::{plan, Guard};
     use crate::migration::Update;
+    use crate::pipeline::diff::{plan, Guard};
 
     fn keys() -> Vec<String> {
         vec!["pk".into()]

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use aws_sdk_dynamodb::Client;
 
-use crate::backoff::{retry, Attempts, Backoff};
-use crate::deadletter::value_json;
-use crate::diff::{self, Expr, Planned};
+use crate::capacity::backoff::{retry, Attempts, Backoff};
+use crate::capacity::limiter::{item_size, read_units, value_size, write_units, Budgets};
 use crate::error::{AwsError, Call, Class, Error};
-use crate::limiter::{item_size, read_units, value_size, write_units, Budgets};
 use crate::migration::{Attrs, Change, Item, Migration};
+use crate::pipeline::diff::{self, Expr, Planned};
 use crate::report::{Sample, SampleChange, Stats};
+use crate::state::deadletter::value_json;
 
 /// How often a conflicting item is re-read and re-applied before it is dead-lettered.
 pub const MAX_CONFLICT_RETRIES: u32 = 8;
@@ -61,10 +61,10 @@ pub struct Writer {
     /// version attribute and the scan filter.
     pub guard: diff::Guard,
     /// Key attributes of the table's secondary indexes (for the `validate` checks).
-    pub index_keys: Vec<crate::table::IndexKey>,
+    pub index_keys: Vec<crate::dynamo::table::IndexKey>,
     /// The run's lock: no write attempt is sent once it is not provably held,
     /// and attempts in flight are abandoned. `None` in dry runs.
-    pub fence: Option<crate::fence::Fence>,
+    pub fence: Option<crate::state::fence::Fence>,
 }
 
 impl Writer {
@@ -109,7 +109,8 @@ impl Writer {
                 return Ok(ItemOutcome::Unchanged);
             }
             // Before the dry-run return: a dry run reports these items too.
-            if let Err(e) = crate::validate::check(&self.index_keys, &attrs_now, &change, &planned)
+            if let Err(e) =
+                crate::pipeline::validate::check(&self.index_keys, &attrs_now, &change, &planned)
             {
                 return Ok(ItemOutcome::Failed(e.to_string()));
             }
@@ -121,7 +122,7 @@ impl Writer {
                         .stats
                         .offer_sample(|| sample_update(&key, &attrs_now, &change, e)),
                     Planned::Delete(_) => self.stats.offer_sample(|| Sample {
-                        key: crate::deadletter::to_json(&key).to_string(),
+                        key: crate::state::deadletter::to_json(&key).to_string(),
                         change: SampleChange::Delete,
                     }),
                     Planned::Unchanged => {}
@@ -141,7 +142,7 @@ impl Writer {
                 if let Some(fence) = self.fence.as_ref().filter(|f| !f.held()) {
                     return Err(fence.lost_error(&format!(
                         "writing item {} of table {}",
-                        crate::deadletter::to_json(&key),
+                        crate::state::deadletter::to_json(&key),
                         self.table
                     )));
                 }
@@ -181,7 +182,7 @@ impl Writer {
                         return Err(Error::aws(
                             format!(
                                 "writing item {} of table {} for migration {}",
-                                crate::deadletter::to_json(&key),
+                                crate::state::deadletter::to_json(&key),
                                 self.table,
                                 self.migration.id()
                             ),
@@ -284,7 +285,7 @@ impl Writer {
         let what = || {
             format!(
                 "re-reading item {} of table {} after a write conflict",
-                crate::deadletter::to_json(key),
+                crate::state::deadletter::to_json(key),
                 self.table
             )
         };
@@ -440,7 +441,7 @@ fn sample_update(key: &Attrs, old: &Attrs, change: &Change, e: &Expr) -> Sample 
         .map(|name| (name.clone(), show(old.get(name)), show(after.set.get(name))))
         .collect();
     Sample {
-        key: crate::deadletter::to_json(key).to_string(),
+        key: crate::state::deadletter::to_json(key).to_string(),
         change: SampleChange::Update(changes),
     }
 }

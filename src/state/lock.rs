@@ -29,9 +29,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
 use crate::error::{AwsError, Class, Error, Result};
-use crate::fence::Fence;
-use crate::ledger::runner_identity;
 use crate::migration::Attrs;
+use crate::state::fence::Fence;
+use crate::state::ledger::runner_identity;
 
 /// How long a lease lasts without a renewal, unless the run says otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
@@ -400,7 +400,7 @@ async fn claim(
         (":owner".to_string(), s(&runner_identity())),
         (":host".to_string(), s(&host())),
         (":pid".to_string(), n(i64::from(std::process::id()))),
-        (":since".to_string(), s(&crate::ledger::now())),
+        (":since".to_string(), s(&crate::state::ledger::now())),
         (":token".to_string(), s(token)),
         (":zero".to_string(), n(0)),
         (":one".to_string(), n(1)),

@@ -9,14 +9,14 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Ack;
-use crate::deadletter::DeadLetter;
-use crate::diff::key_of;
 use crate::error::{Error, Result};
+use crate::pipeline::diff::key_of;
+use crate::pipeline::scan::Page;
+use crate::pipeline::write::{ItemOutcome, Writer};
 use crate::report::Counts;
 use crate::report::Stats;
-use crate::scan::Page;
-use crate::write::{ItemOutcome, Writer};
+use crate::state::checkpoint::Ack;
+use crate::state::deadletter::DeadLetter;
 
 /// Why a worker stopped before the channel closed.
 #[derive(Debug)]
@@ -127,7 +127,7 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
             Ok(ItemOutcome::Failed(reason)) => {
                 counts.failed += 1;
                 Stats::inc(&pool.stats.failed);
-                tracing::warn!(table = %writer.table, migration = writer.migration.id(), key = %crate::deadletter::to_json(&key), error = %reason, "item failed; recorded in the dead-letter file");
+                tracing::warn!(table = %writer.table, migration = writer.migration.id(), key = %crate::state::deadletter::to_json(&key), error = %reason, "item failed; recorded in the dead-letter file");
                 if let Err(e) = record(pool, &key, &reason).await {
                     fatal.get_or_insert(e);
                 }

@@ -1,6 +1,6 @@
 //! Retry with jittered exponential backoff: the one place that owns retry policy.
 //!
-//! The SDK's own retries are disabled (see [`crate::client`]); every DynamoDB
+//! The SDK's own retries are disabled (see [`crate::dynamo::client`]); every DynamoDB
 //! call goes through [`retry`], which retries throttling and transient faults
 //! and returns anything else at once. dynbulk's own calls give up after a
 //! number of attempts; the data path (item writes, re-reads, scan pages) gives

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use aws_sdk_dynamodb::Client;
 
-use crate::checkpoint::{RunState, Store};
 use crate::error::{Error, Result};
-use crate::ledger::{Entry, Ledger, Status};
-use crate::lock::{self, Holder};
 use crate::migration::Migration;
+use crate::state::checkpoint::{RunState, Store};
+use crate::state::ledger::{Entry, Ledger, Status};
+use crate::state::lock::{self, Holder};
 
 /// One line of the status listing.
 #[derive(Debug, Clone)]

@@ -13,9 +13,9 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::dynamo::table;
 use crate::error::{AwsError, Error, Result};
 use crate::migration::SchemaStep;
-use crate::table;
 
 /// Applies `step` to `table` unless it is already in place; returns what was
 /// done, for the ledger. In a dry run, only says what would be done. Once

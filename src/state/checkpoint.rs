@@ -34,12 +34,12 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use tokio::sync::mpsc;
 
-use crate::deadletter::DeadLetter;
 use crate::error::{Error, Result};
-use crate::fence::{self, Fence};
-use crate::ledger::{now, query_state, SCHEMA_VERSION};
 use crate::migration::Attrs;
 use crate::report::Counts;
+use crate::state::deadletter::DeadLetter;
+use crate::state::fence::{self, Fence};
+use crate::state::ledger::{now, query_state, SCHEMA_VERSION};
 
 /// Where one segment stands.
 #[derive(Debug, Clone, PartialEq)]

@@ -3,9 +3,9 @@
 //! lease is known to be held.
 //!
 //! The lease is known held until its last successful renewal's send time plus
-//! most of the lease ([`crate::lock::held_for`]): another runner takes the
+//! most of the lease ([`crate::state::lock::held_for`]): another runner takes the
 //! lock over only after seeing it unchanged for a whole lease period (see
-//! [`crate::lock`]), which starts after that renewal landed, so a holder that
+//! [`crate::state::lock`]), which starts after that renewal landed, so a holder that
 //! stops at this instant has stopped before anyone else can start. After it, or once a
 //! renewal is refused (the lock was taken over), [`Fence::held`] is false and
 //! the runner sends nothing more: every state write and every data write
@@ -20,7 +20,7 @@
 //! effect that matters: once the runner that took the lock over has written
 //! an item, nothing the old holder sends, however late it arrives, can
 //! overwrite it. The rows the new runner has not written yet are told apart
-//! by their run id (see [`crate::checkpoint`]).
+//! by their run id (see [`crate::state::checkpoint`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{retry, Attempts, Backoff};
+use crate::capacity::backoff::{retry, Attempts, Backoff};
 use crate::error::{AwsError, Class, Error, Result};
 use crate::migration::Attrs;
 

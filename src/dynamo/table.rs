@@ -3,7 +3,7 @@
 use aws_sdk_dynamodb::types::{KeySchemaElement, KeyType, ScalarAttributeType, TableStatus};
 use aws_sdk_dynamodb::Client;
 
-use crate::backoff::{retry, Attempts, Backoff};
+use crate::capacity::backoff::{retry, Attempts, Backoff};
 use crate::error::{AwsError, Error, Result};
 
 /// The target table's shape and size.

@@ -14,13 +14,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::client::Connection;
-use crate::ledger::DEFAULT_STATE_TABLE;
+use crate::dynamo::client::Connection;
 use crate::migrator::{self, Migrator};
 use crate::run::{Limit, Limits, Plan};
+use crate::state::ledger::DEFAULT_STATE_TABLE;
 
 mod dispatch;
 mod progress;
+mod scaffold;
+mod status;
 
 /// Runs the whole dynbulk command line (`run`, `status`, `list`, `new`, with
 /// every flag, output and exit code of the stock `dynbulk` binary) over
@@ -45,7 +47,7 @@ mod progress;
 /// runs. Exit codes: 0 done; 1 done but some items failed; 2 fatal error or
 /// bad usage; 3 lost the lock to another runner; 130 interrupted.
 pub fn run_cli(migrator: impl Migrator) -> ExitCode {
-    crate::inflight::tune_allocator();
+    crate::pipeline::inflight::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -301,7 +303,7 @@ impl RunArgs {
             workers: self.workers.into(),
             item_concurrency: self.item_concurrency.into(),
             page_size: self.page_size.map(|p| p as i32),
-            inflight_bytes: crate::inflight::BUDGET_BYTES,
+            inflight_bytes: crate::pipeline::inflight::BUDGET_BYTES,
             dry_run: self.dry_run,
             rerun: self.rerun,
             max_errors: Some(self.max_errors),

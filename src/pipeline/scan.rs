@@ -9,14 +9,14 @@ use aws_sdk_dynamodb::Client;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{retry, Attempts, Backoff};
+use crate::capacity::backoff::{retry, Attempts, Backoff};
+use crate::capacity::limiter::{bytes_per_rcu, item_size, Budgets, MAX_PAGE_BYTES};
 use crate::error::{AwsError, Error, Result};
-use crate::inflight::{page_items, InFlight, ItemSize, Reservation};
-use crate::limiter::{bytes_per_rcu, item_size, Budgets, MAX_PAGE_BYTES};
 use crate::migration::{Attrs, ScanOptions};
+use crate::pipeline::inflight::{page_items, InFlight, ItemSize, Reservation};
 use crate::report::Stats;
 
-/// One Scan response from one segment, about [`crate::inflight::PAGE_BYTES`].
+/// One Scan response from one segment, about [`crate::pipeline::inflight::PAGE_BYTES`].
 #[derive(Debug)]
 pub struct Page {
     /// Segment number, `0..total_segments`.
@@ -40,7 +40,7 @@ pub struct ScanSpec {
     /// TotalSegments of the run.
     pub total_segments: u32,
     /// Largest Scan `Limit` (the plan's page size); pages are otherwise sized
-    /// to [`crate::inflight::PAGE_BYTES`] from the items seen.
+    /// to [`crate::pipeline::inflight::PAGE_BYTES`] from the items seen.
     pub page_size: Option<i32>,
     /// The migration's scan options.
     pub options: ScanOptions,

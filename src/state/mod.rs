@@ -1,0 +1,14 @@
+//! What dynbulk keeps about runs, in the state table next to the data (and the
+//! dead-letter file on disk).
+//!
+//! - [`ledger`]: which migrations ran where, when, by whom, with what result.
+//! - [`checkpoint`]: per-segment checkpoints, the acknowledgement watermark, resume state.
+//! - [`lock`]: one runner per migration and table (lease, heartbeat, takeover).
+//! - `fence`: a held lock's epoch and lease deadline, which every state write proves.
+//! - [`deadletter`]: the JSON-lines file of failed items.
+
+pub mod checkpoint;
+pub mod deadletter;
+pub(crate) mod fence;
+pub mod ledger;
+pub mod lock;

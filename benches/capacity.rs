@@ -6,6 +6,9 @@
 //!
 //! - utilization = write units served / (min(limit, capacity) x seconds),
 //! - the share of write requests throttled.
+//!
+//! With BENCH_TIMELINE set it also prints the write units served and the
+//! requests throttled in each second of each run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -77,6 +80,18 @@ async fn scenario(name: &str, limit: f64, capacity: f64) {
     let served = stats.units_between(Kind::Write, from, to);
     let target = limit.min(capacity);
     let utilization = served / (target * (to - from));
+    if std::env::var_os("BENCH_TIMELINE").is_some() {
+        let mut t = first;
+        while t < stats.last(Kind::Write) {
+            let (r, th) = stats.requests_between(Kind::Write, t, t + 1.0);
+            println!(
+                "  t+{:>4.0}s served {:>6.1} units/s, {r} requests, {th} throttled",
+                t - first,
+                stats.units_between(Kind::Write, t, t + 1.0)
+            );
+            t += 1.0;
+        }
+    }
     let (requests, throttled) = stats.requests_between(Kind::Write, from, to);
     let (all, all_throttled) = stats.requests_between(Kind::Write, 0.0, f64::MAX);
     println!(

@@ -96,7 +96,7 @@ async fn ceiling_holds_on_units_that_reach_the_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn throttling_is_survived_and_the_rate_settles_near_capacity() {
-    let (table, items) = small_items_table("orders-throttled", 2_000, 2).await;
+    let (table, items) = small_items_table("orders-throttled", 4_000, 2).await;
     let state = TestTable::named("state");
     let capacity = 100.0;
     let mut config = Config::new(&table.name);
@@ -134,7 +134,10 @@ async fn throttling_is_survived_and_the_rate_settles_near_capacity() {
     // Slow start: the run finds the table's capacity from below, so over the
     // whole run, startup included, few writes are throttled (starting at the
     // full limit of 3x capacity, 4-9% were: the bucket emptied at once and the
-    // rate took several cuts to come down).
+    // rate took several cuts to come down). A run of about 30 s (3000 writes
+    // at the capacity), as in the issue, which asks for at most 2%: the
+    // capacity bench shows that figure; on a loaded machine the crossing
+    // costs more (the demand comes in bursts), so the bound here is 3%.
     let share = w.throttled as f64 / w.requests as f64;
     assert!(
         share <= 0.03,

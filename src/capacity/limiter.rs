@@ -88,7 +88,11 @@ impl Cells {
 /// ceiling, growing by what is served (so doubling every
 /// [`Controller::DOUBLING`] while calls keep up with the rate, and not at all
 /// while none are made) until it reaches the ceiling or sees its first
-/// throttle. A table whose real capacity is below
+/// throttle. The rate grows only on calls it held back (they waited for
+/// capacity): while the run asks for less than the rate, as TCP does when the
+/// application is the limit (RFC 7661), it stays where it is, so it never
+/// climbs far above what the table has been shown to serve and then meets the
+/// table's limit at full speed when demand catches up. A table whose real capacity is below
 /// the operator's limit is thus found from below, with a few throttles at the
 /// crossing, instead of being hit at the full limit for the first seconds
 /// (throttles the application sharing the table would see too).
@@ -157,12 +161,14 @@ impl Controller {
         // What DynamoDB served is what the table gives, unless our own backoff
         // held demand down: never cut below half the current rate in one step.
         let mut base = served.min(self.rate).max(self.rate * 0.5);
+        let first = self.capacity.is_none();
         self.capacity = Some(base);
-        if self.slow_start {
-            // The first throttle of slow start: the rate doubled since the
-            // table last kept up, and what it served just now includes its
-            // burst, so the capacity is nearer half the rate (TCP halves
-            // too). Growth is fast back up to the served estimate.
+        if self.slow_start || first {
+            // The first throttle (in slow start, or after slow start reached
+            // the ceiling): the rate doubled since the table last kept up, and
+            // what it served just now includes its burst, so the capacity is
+            // nearer half the rate (TCP halves too). Growth is fast back up to
+            // the served estimate.
             base = served.min(self.rate * 0.5).max(self.rate * 0.25);
             self.slow_start = false;
         }
@@ -171,15 +177,18 @@ impl Controller {
         self.last_update = now;
     }
 
-    /// A request succeeded, consuming `units`.
-    pub fn on_success(&mut self, now: Instant, units: f64) {
+    /// A request succeeded, consuming `units`; `limited` says whether the
+    /// rate held it back (it waited for capacity). Only such calls grow the
+    /// rate: one the rate did not hold back says nothing about a higher one.
+    pub fn on_success(&mut self, now: Instant, units: f64, limited: bool) {
         let dt = now
             .saturating_duration_since(self.last_update)
             .as_secs_f64();
         self.last_update = now;
-        if self
-            .last_cut
-            .is_some_and(|t| now.saturating_duration_since(t) < Self::COOLDOWN)
+        if !limited
+            || self
+                .last_cut
+                .is_some_and(|t| now.saturating_duration_since(t) < Self::COOLDOWN)
         {
             return;
         }
@@ -222,6 +231,9 @@ pub struct Budget {
     state: Mutex<State>,
     consumed_milli: AtomicU64,
     throttles: AtomicU64,
+    /// Calls wait for capacity one at a time, in arrival order (tokio's mutex
+    /// is fair). See [`Budget::acquire`].
+    queue: tokio::sync::Mutex<()>,
 }
 
 struct State {
@@ -244,14 +256,22 @@ pub fn significant(throttled: usize, total: usize) -> bool {
 
 /// Takes `cells` from the governor, in burst-sized steps (it refuses a
 /// single charge above its burst: InsufficientCapacity). Returns the cells taken.
-async fn take(limiter: &DefaultDirectRateLimiter, size: Cells, cells: u64) -> u64 {
+async fn take(
+    limiter: &DefaultDirectRateLimiter,
+    size: Cells,
+    cells: u64,
+    waited: &mut bool,
+) -> u64 {
     let mut left = cells;
     while left > 0 {
         let step = left.min(u64::from(size.burst)) as u32;
         let n = NonZeroU32::new(step).expect("step is positive");
-        if limiter.until_n_ready(n).await.is_err() {
-            // Cannot happen: step <= burst. Fail open rather than hang.
-            break;
+        if !matches!(limiter.check_n(n), Ok(Ok(()))) {
+            *waited = true;
+            if limiter.until_n_ready(n).await.is_err() {
+                // Cannot happen: step <= burst. Fail open rather than hang.
+                break;
+            }
         }
         left -= u64::from(step);
     }
@@ -281,6 +301,7 @@ impl Budget {
             }),
             consumed_milli: AtomicU64::new(0),
             throttles: AtomicU64::new(0),
+            queue: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -316,9 +337,32 @@ impl Budget {
     /// Waits until `estimate` units may be spent at the working rate. Returns
     /// the governor cells (of [`Cells::unit`] each, scaled by ceiling/rate) taken.
     pub async fn acquire(&self, estimate: f64) -> u64 {
+        self.admit(estimate).await.0
+    }
+
+    /// [`Budget::acquire`], also saying whether the rate held the call back
+    /// (it waited for its turn or for capacity).
+    async fn admit(&self, estimate: f64) -> (u64, bool) {
         let (Some(limiter), Some(size), Some(ceiling)) = (&self.limiter, self.cells, self.ceiling)
         else {
-            return 0;
+            return (0, false);
+        };
+        // Calls take their turn in arrival order, and are priced when their
+        // turn comes, not when they arrive. Governor alone admits a charge
+        // only once the bucket holds all of it, so a large charge (a call
+        // priced during slow start at several times its units, a large item)
+        // would wait for a nearly full bucket, which never comes while small
+        // charges keep draining it at the full rate: starved calls held their
+        // worker slots and the run fell short of its limit. And a call that
+        // waited while slow start raised the rate pays the rate of its turn,
+        // not the lower one of its arrival.
+        let mut waited = false;
+        let _turn = match self.queue.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                waited = true;
+                self.queue.lock().await
+            }
         };
         let (mut cells, units, mut rate) = {
             let mut st = self.lock();
@@ -327,7 +371,7 @@ impl Budget {
             let need = estimate - st.balance;
             st.balance = (st.balance - estimate).max(0.0);
             if need <= 0.0 {
-                return 0;
+                return (0, waited);
             }
             let cells = (need * scale / size.unit).ceil();
             // A cell can stand for many units at high ceilings: what the last
@@ -335,7 +379,7 @@ impl Budget {
             st.balance += cells * size.unit / scale - need;
             (cells as u64, need, rate)
         };
-        let mut taken = take(limiter, size, cells).await;
+        let mut taken = take(limiter, size, cells, &mut waited).await;
         // The working rate was cut while this call waited (a throttle): it was
         // admitted at the old, higher rate, so it pays the difference at the
         // new one before it is sent. Otherwise every call waiting at the cut
@@ -347,14 +391,20 @@ impl Budget {
                 break;
             }
             cells = (units * (ceiling / now.max(1e-9) - ceiling / rate) / size.unit).ceil() as u64;
-            taken += take(limiter, size, cells).await;
+            taken += take(limiter, size, cells, &mut waited).await;
             rate = now;
         }
-        taken
+        (taken, waited)
     }
 
     /// Records what a call really cost and what it says about capacity.
     pub fn settle(&self, estimate: f64, outcome: Settle) {
+        self.settle_call(estimate, outcome, true);
+    }
+
+    /// [`Budget::settle`] for a call the rate did or did not hold back
+    /// (`limited`): only held-back calls that succeed grow the rate.
+    fn settle_call(&self, estimate: f64, outcome: Settle, limited: bool) {
         let now = Instant::now();
         let actual = match outcome {
             Settle::Served(units) => units.unwrap_or(estimate),
@@ -421,7 +471,7 @@ impl Budget {
             }
             Settle::Served(_) => {
                 if let Some(c) = st.controller.as_mut() {
-                    c.on_success(now, actual);
+                    c.on_success(now, actual, limited);
                 }
             }
             Settle::Failed { .. } => {}
@@ -445,7 +495,7 @@ impl Budget {
     where
         Fut: Future<Output = Result<T, AwsError>>,
     {
-        self.acquire(estimate).await;
+        let (_, limited) = self.admit(estimate).await;
         let started = std::time::Instant::now();
         let r = call().await;
         metrics::request(op, started.elapsed());
@@ -466,7 +516,7 @@ impl Budget {
                 _ => Settle::Failed { charged: false },
             },
         };
-        self.settle(estimate, outcome);
+        self.settle_call(estimate, outcome, limited);
         r
     }
 }
@@ -556,17 +606,38 @@ mod tests {
     fn throttle_cuts_to_a_share_of_the_served_rate_once_per_cooldown() {
         let t0 = Instant::now();
         let mut c = Controller::steady(180.0, t0);
+        // The first throttle, even after slow start reached the ceiling,
+        // halves at most: what was served includes the table's burst.
         c.on_throttle(t0, 100.0);
-        assert!((c.rate() - 95.0).abs() < 1e-9);
+        assert!((c.rate() - 85.5).abs() < 1e-9, "{}", c.rate());
         // More throttles from requests already in flight: one signal.
         c.on_throttle(t0 + Duration::from_millis(100), 50.0);
-        assert!((c.rate() - 95.0).abs() < 1e-9);
-        c.on_throttle(t0 + Duration::from_secs(2), 90.0);
         assert!((c.rate() - 85.5).abs() < 1e-9);
+        c.on_throttle(t0 + Duration::from_secs(2), 80.0);
+        assert!((c.rate() - 76.0).abs() < 1e-9, "{}", c.rate());
         // A served rate far below the working rate (our own backoff held demand
         // down) cuts at most by half.
         c.on_throttle(t0 + Duration::from_secs(4), 10.0);
-        assert!((c.rate() - 85.5 * 0.5 * 0.95).abs() < 1e-9, "{}", c.rate());
+        assert!((c.rate() - 76.0 * 0.5 * 0.95).abs() < 1e-9, "{}", c.rate());
+    }
+
+    #[test]
+    fn the_rate_grows_only_on_calls_it_held_back() {
+        // A run asking for less than the rate says nothing about a higher
+        // one: neither slow start nor later growth raises the rate on it.
+        let t0 = Instant::now();
+        let mut c = Controller::new(100.0, t0);
+        c.on_success(t0 + Duration::from_secs(1), 50.0, false);
+        assert_eq!(c.rate(), 10.0);
+        c.on_success(t0 + Duration::from_secs(2), 10.0, true);
+        assert!((c.rate() - 20.0).abs() < 1e-9, "{}", c.rate());
+        let mut c = Controller::steady(100.0, t0);
+        c.on_throttle(t0, 60.0);
+        let cut = c.rate();
+        c.on_success(t0 + Duration::from_secs(10), 1.0, false);
+        assert_eq!(c.rate(), cut);
+        c.on_success(t0 + Duration::from_secs(11), 1.0, true);
+        assert!(c.rate() > cut);
     }
 
     #[test]
@@ -575,15 +646,15 @@ mod tests {
         let mut c = Controller::steady(100.0, t0);
         c.on_throttle(t0, 50.0);
         let start = c.rate();
-        c.on_success(t0 + Duration::from_secs(2), 1.0);
-        c.on_success(t0 + Duration::from_secs(12), 1.0);
+        c.on_success(t0 + Duration::from_secs(2), 1.0, true);
+        c.on_success(t0 + Duration::from_secs(12), 1.0, true);
         assert!(
             c.rate() > start * 1.09 && c.rate() < start * 1.13,
             "{}",
             c.rate()
         );
         for s in 13..1000 {
-            c.on_success(t0 + Duration::from_secs(s), 1.0);
+            c.on_success(t0 + Duration::from_secs(s), 1.0, true);
         }
         assert_eq!(c.rate(), 100.0);
     }
@@ -659,7 +730,7 @@ mod tests {
                         served += 1.0;
                     }
                     window.push_back((t, 1.0));
-                    c.on_success(now, 1.0);
+                    c.on_success(now, 1.0, true);
                 } else {
                     throttled_all += 1;
                     if t > warmup {
@@ -725,20 +796,20 @@ mod tests {
         let mut c = Controller::new(1000.0, t0);
         assert_eq!(c.rate(), 100.0);
         // Growth follows what is served, not the clock: idle time adds nothing.
-        c.on_success(t0 + Duration::from_secs(5), 100.0);
+        c.on_success(t0 + Duration::from_secs(5), 100.0, true);
         assert!((c.rate() - 200.0).abs() < 1e-6, "{}", c.rate());
-        c.on_success(t0 + Duration::from_secs(6), 200.0);
+        c.on_success(t0 + Duration::from_secs(6), 200.0, true);
         assert!((c.rate() - 400.0).abs() < 1e-6, "{}", c.rate());
         // Out of slow start at half the rate (the served rate is higher: it
         // includes the table's burst), growing fast back toward what was served.
         c.on_throttle(t0 + Duration::from_secs(2), 300.0);
         assert!((c.rate() - 190.0).abs() < 1e-6, "{}", c.rate());
-        c.on_success(t0 + Duration::from_secs(3), 190.0);
+        c.on_success(t0 + Duration::from_secs(3), 190.0, true);
         assert!((c.rate() - 199.5).abs() < 1e-6, "{}", c.rate());
         // A later throttle cuts as before, and growth near it is slow.
         c.on_throttle(t0 + Duration::from_secs(4), 210.0);
         assert!((c.rate() - 189.525).abs() < 1e-6, "{}", c.rate());
-        c.on_success(t0 + Duration::from_secs(5), 190.0);
+        c.on_success(t0 + Duration::from_secs(5), 190.0, true);
         assert!(c.rate() < 191.5, "{}", c.rate());
     }
 
@@ -853,6 +924,33 @@ mod tests {
         assert_eq!(b.consumed(), 2.5);
         assert_eq!(b.throttles(), 1);
         assert_eq!(b.rate(), None);
+    }
+
+    #[tokio::test]
+    async fn a_large_charge_is_not_starved_by_small_ones_behind_it() {
+        // 100 units/s, burst 10. The bucket is emptied; then a charge of the
+        // whole burst arrives before ten small ones. Governor alone admits
+        // each small one as soon as half a unit is back, so the bucket is
+        // never full and the large one waited for all of them (and, with
+        // more coming, for ever); in arrival order it goes first.
+        let b = Budget::steady(100.0);
+        b.acquire(10.0).await;
+        let done = AtomicU64::new(0);
+        let finish = |estimate: f64| {
+            let (b, done) = (&b, &done);
+            async move {
+                b.acquire(estimate).await;
+                done.fetch_add(1, Relaxed)
+            }
+        };
+        let large = finish(10.0);
+        let small = (0..10).map(|_| finish(0.5));
+        let (large, small) = futures::join!(large, futures::future::join_all(small));
+        assert_eq!(
+            large, 0,
+            "the large charge finished after {large} small ones"
+        );
+        assert_eq!(small.len(), 10);
     }
 
     #[tokio::test]

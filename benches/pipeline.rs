@@ -24,7 +24,7 @@ use dynbulk::pipeline::inflight::{InFlight, BUDGET_BYTES};
 use dynbulk::pipeline::scan::Page;
 use dynbulk::pipeline::worker::{self, Pool};
 use dynbulk::pipeline::write::Writer;
-use dynbulk::report::Stats;
+use dynbulk::report::{Progress, Stats};
 use dynbulk::state::deadletter::DeadLetter;
 
 // The sample generator and the tests' own migration (the engine ships none).
@@ -110,7 +110,19 @@ async fn one_pass(
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             loop {
                 tick.tick().await;
-                metrics::publish(&labels, &stats, &budgets, (1, 0), ITEMS, 0);
+                let progress = Progress {
+                    counts: stats.counts(),
+                    items_estimated: ITEMS,
+                    segments_total: 1,
+                    read_consumed: budgets.read.consumed(),
+                    write_consumed: budgets.write.consumed(),
+                    read_limit: budgets.read.ceiling(),
+                    write_limit: budgets.write.ceiling(),
+                    read_rate: budgets.read.rate(),
+                    write_rate: budgets.write.rate(),
+                    ..Progress::default()
+                };
+                metrics::publish(&labels, &progress, 0);
             }
         })
     });

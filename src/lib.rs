@@ -27,15 +27,17 @@
 //!   checkpoints, the schema step, the pipeline, the outcome.
 //! - [`pipeline`]: the data path: segment scans, the in-flight byte budget, the
 //!   worker pool, one item's conditional write, write planning (`diff`, `validate`).
-//! - [`state`]: the state table (ledger, checkpoints, lock and its fence) and the
-//!   dead-letter file.
-//! - [`capacity`]: capacity budgets (governor ceiling + adaptive working rate) and
-//!   the one retry policy (backoff).
-//! - [`dynamo`]: the DynamoDB edge: the shared client, table description, schema
-//!   steps, numbers and the typed deserializer.
+//! - [`state`]: the state table: its plumbing (`store`: layout, timestamps, counts,
+//!   partition reads), the ledger, checkpoints and the watermark, the lock and its
+//!   fence; and the dead-letter file.
+//! - [`capacity`]: capacity budgets (governor ceiling + adaptive working rate), the
+//!   cost model (units per read and write, Scan page size) and backoff.
+//! - [`dynamo`]: the DynamoDB edge: the shared client, the classification of its
+//!   errors, table description, schema steps, attribute values (sizes, equality),
+//!   numbers and the typed deserializer.
 //! - [`report`]: counters and the run report; [`metrics`]: Prometheus names, the
-//!   exporter, snapshot publishing; [`error`]: the error type and the
-//!   classification of AWS errors.
+//!   exporter, snapshot publishing; [`error`]: the error type; `util`: duration
+//!   formatting.
 //!
 //! The public API is [`prelude`], [`cli`], [`migrator`], [`migration`], [`run`],
 //! [`report`] and [`error`]. The engine modules under [`pipeline`], [`state`],
@@ -59,6 +61,7 @@ pub mod pipeline;
 pub mod report;
 pub mod run;
 pub mod state;
+mod util;
 
 pub use error::{Error, Result};
 

@@ -2,7 +2,7 @@
 //! exporter, and the only calls to the `metrics` macros.
 //!
 //! Hot paths do not touch the recorder per item: workers count in the run's
-//! atomic [`Stats`], and [`publish`] copies a snapshot into the metrics once a
+//! atomic `Stats`, and [`publish`] copies a snapshot into the metrics once a
 //! second (and at the end). Per-request metrics (latency, throttles, retries)
 //! are recorded where the request is made ([`crate::capacity::limiter::Budget::call`]).
 //!
@@ -18,9 +18,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::PrometheusBuilder;
 
-use crate::capacity::limiter::Budgets;
 use crate::error::{Error, Result};
-use crate::report::Stats;
+use crate::report::Progress;
 
 /// Items read by the scan.
 pub const ITEMS_SCANNED: &str = "dynbulk_items_scanned_total";
@@ -76,7 +75,7 @@ pub const KINDS: &[&str] = &["read", "write"];
 /// The `code` label of [`THROTTLED`]: DynamoDB's throttling codes, and
 /// `throttled` for a throttle that came without one (HTTP 429).
 fn throttle_codes() -> impl Iterator<Item = &'static str> {
-    crate::error::THROTTLE_CODES
+    crate::dynamo::classify::THROTTLE_CODES
         .iter()
         .copied()
         .chain(std::iter::once(NO_CODE))
@@ -225,15 +224,9 @@ pub struct RunLabels {
 }
 
 /// Copies a snapshot of the run into the metrics (absolute values, so calling
-/// it often or rarely gives the same series).
-pub fn publish(
-    labels: &RunLabels,
-    stats: &Stats,
-    budgets: &Budgets,
-    segments: (u64, u64),
-    items_estimated: u64,
-    checkpoint_saves: u64,
-) {
+/// it often or rarely gives the same series): the progress snapshot the
+/// display gets, and the checkpoint writes so far.
+pub fn publish(labels: &RunLabels, progress: &Progress, checkpoint_saves: u64) {
     let l = |extra: (&'static str, &'static str)| {
         [
             ("migration", labels.migration.clone()),
@@ -245,7 +238,7 @@ pub fn publish(
         ("migration", labels.migration.clone()),
         ("table", labels.table.clone()),
     ];
-    let c = stats.counts();
+    let c = &progress.counts;
     counter!(ITEMS_SCANNED, &base).absolute(c.scanned);
     for (outcome, v) in [
         ("updated", c.updated),
@@ -256,18 +249,31 @@ pub fn publish(
         counter!(ITEMS, &l(("outcome", outcome))).absolute(v);
     }
     counter!(CONFLICTS, &base).absolute(c.conflicts);
-    for (kind, b) in [("read", &budgets.read), ("write", &budgets.write)] {
-        counter!(CONSUMED, &l(("kind", kind))).absolute(b.consumed().round() as u64);
-        if let Some(limit) = b.ceiling() {
+    for (kind, consumed, limit, rate) in [
+        (
+            "read",
+            progress.read_consumed,
+            progress.read_limit,
+            progress.read_rate,
+        ),
+        (
+            "write",
+            progress.write_consumed,
+            progress.write_limit,
+            progress.write_rate,
+        ),
+    ] {
+        counter!(CONSUMED, &l(("kind", kind))).absolute(consumed.round() as u64);
+        if let Some(limit) = limit {
             gauge!(LIMIT, &l(("kind", kind))).set(limit);
         }
-        if let Some(rate) = b.rate() {
+        if let Some(rate) = rate {
             gauge!(RATE, &l(("kind", kind))).set(rate);
         }
     }
-    gauge!(SEGMENTS, &l(("state", "total"))).set(segments.0 as f64);
-    gauge!(SEGMENTS, &l(("state", "completed"))).set(segments.1 as f64);
-    gauge!(ITEMS_ESTIMATED, &base).set(items_estimated as f64);
+    gauge!(SEGMENTS, &l(("state", "total"))).set(progress.segments_total as f64);
+    gauge!(SEGMENTS, &l(("state", "completed"))).set(progress.segments_done as f64);
+    gauge!(ITEMS_ESTIMATED, &base).set(progress.items_estimated as f64);
     counter!(CHECKPOINTS, &base).absolute(checkpoint_saves);
 }
 

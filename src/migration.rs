@@ -13,9 +13,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::{de::DeserializeOwned, Serialize};
 
 pub use crate::dynamo::number::Number;
+pub use crate::dynamo::schema::SchemaStep;
 
-/// A DynamoDB item as the SDK represents it.
-pub type Attrs = HashMap<String, AttributeValue>;
+pub use crate::dynamo::value::Attrs;
 
 /// One versioned, named change to a table's items.
 ///
@@ -72,28 +72,6 @@ pub struct ScanOptions {
     pub consistent_read: bool,
 }
 
-/// Declarative, idempotent schema changes run before the data step. dynbulk
-/// checks the table's current description first and does nothing when the
-/// change is already there.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum SchemaStep {
-    /// Turn on TTL on the given attribute.
-    EnableTtl {
-        /// Attribute that holds the expiry time (epoch seconds).
-        attribute: String,
-    },
-    /// Add a global secondary index (projection ALL) and wait until it is active.
-    AddGlobalSecondaryIndex {
-        /// Index name.
-        name: String,
-        /// Partition key attribute (string type).
-        hash_key: String,
-        /// Optional sort key attribute (string type).
-        range_key: Option<String>,
-    },
-}
-
 /// What the transform decided for one item.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -143,7 +121,7 @@ impl Update {
         for (name, value) in new {
             if !old
                 .get(name)
-                .is_some_and(|o| crate::pipeline::diff::same_value(o, value))
+                .is_some_and(|o| crate::dynamo::value::same_value(o, value))
             {
                 update.set.insert(name.clone(), value.clone());
             }
@@ -346,7 +324,7 @@ impl Item {
             if !self
                 .scanned()
                 .get(&name)
-                .is_some_and(|o| crate::pipeline::diff::same_typed_value(o, &v))
+                .is_some_and(|o| crate::dynamo::value::same_typed_value(o, &v))
             {
                 update.set.insert(name, v);
             }

@@ -165,33 +165,7 @@ impl Stats {
     }
 }
 
-/// Item counts of a run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Items read.
-    pub scanned: u64,
-    /// Items updated.
-    pub updated: u64,
-    /// Items deleted.
-    pub deleted: u64,
-    /// Items left as they were.
-    pub unchanged: u64,
-    /// Items dead-lettered.
-    pub failed: u64,
-    /// Write conflicts with concurrent application writes (each resolved by re-reading).
-    pub conflicts: u64,
-    /// Throttled requests.
-    pub throttled: u64,
-    /// Transient faults.
-    pub transient: u64,
-}
-
-impl Counts {
-    /// Items modified: updated plus deleted.
-    pub fn modified(&self) -> u64 {
-        self.updated + self.deleted
-    }
-}
+pub use crate::state::store::Counts;
 
 /// How a migration's run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,7 +291,7 @@ impl std::fmt::Display for Report {
                 Some(l) => writeln!(
                     f,
                     ", ~{} at {l:.0} WCU/s",
-                    crate::run::human_duration(cap.write_estimate / l)
+                    crate::util::human_duration(cap.write_estimate / l)
                 )?,
                 None => writeln!(f)?,
             }

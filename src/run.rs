@@ -13,11 +13,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::capacity::backoff::Backoff;
-use crate::capacity::limiter::{self, Budget, Budgets};
+use crate::capacity::limiter::{Budget, Budgets};
+use crate::dynamo::value::Attrs;
 use crate::dynamo::{schema, table};
 use crate::error::Error;
 use crate::metrics;
-use crate::migration::Attrs;
 use crate::migration::Migration;
 use crate::pipeline::inflight::InFlight;
 use crate::pipeline::scan::{ScanSpec, Scanner};
@@ -27,7 +27,7 @@ use crate::report::{Capacity, Observer, Outcome, Progress, Report, Stats};
 use crate::state::checkpoint::{self, Ack, RunState, SegmentState, Store};
 use crate::state::deadletter::DeadLetter;
 use crate::state::fence::Fence;
-use crate::state::ledger::{self, Ledger, Status};
+use crate::state::ledger::{Finished, Ledger, Status};
 use crate::state::lock;
 
 /// Scans running at once at most: beyond this, more segments only mean smaller
@@ -117,7 +117,7 @@ impl Default for Plan {
             rerun: false,
             max_errors: Some(1000),
             dead_letter: PathBuf::from("dynbulk-dead-letter.jsonl"),
-            state_table: ledger::DEFAULT_STATE_TABLE.into(),
+            state_table: crate::state::store::DEFAULT_STATE_TABLE.into(),
             backoff: Backoff::default(),
             retry_budget: DEFAULT_RETRY_BUDGET,
             limits: Limits {
@@ -235,7 +235,7 @@ impl std::fmt::Display for Prepared {
                 Some(l) => writeln!(
                     f,
                     ", ~{} at the read limit",
-                    human_duration(self.read_estimate / l)
+                    crate::util::human_duration(self.read_estimate / l)
                 )?,
                 None => writeln!(f)?,
             }
@@ -246,16 +246,6 @@ impl std::fmt::Display for Prepared {
             )?;
         }
         Ok(())
-    }
-}
-
-/// `3h 12m`, `4m 05s`, `12s`.
-pub fn human_duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m {:02}s", s / 60, s % 60),
-        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 
@@ -316,10 +306,11 @@ pub async fn prepare(
         // DescribeTable's counts lag by hours; until they exist, assume 1 KB.
         1024.0
     };
-    let page_size = plan
-        .page_size
-        .or_else(|| limiter::page_limit(read_limit, avg_item_bytes, options.consistent_read));
-    let read_estimate = info.size_bytes as f64 / limiter::bytes_per_rcu(options.consistent_read);
+    let page_size = plan.page_size.or_else(|| {
+        crate::capacity::cost::page_limit(read_limit, avg_item_bytes, options.consistent_read)
+    });
+    let read_estimate =
+        info.size_bytes as f64 / crate::capacity::cost::bytes_per_rcu(options.consistent_read);
     let ledger = Ledger::new(client.clone(), plan.state_table.clone());
     let mut unreadable_state = None;
     let existing = if ledger.exists().await? {
@@ -503,7 +494,7 @@ async fn execute_unlocked(
             return Ok(base_report(Outcome::Skipped));
         }
     }
-    let runner = ledger::runner_identity();
+    let runner = crate::state::store::runner_identity();
     let runs = entry.as_ref().map(|e| e.runs).unwrap_or(0) + 1;
 
     // Checkpoints: resume the unfinished run, or start a new one. Read again
@@ -568,7 +559,7 @@ async fn execute_unlocked(
     let started_at = state
         .as_ref()
         .map(|s| s.started_at.clone())
-        .unwrap_or_else(ledger::now);
+        .unwrap_or_else(crate::state::store::now);
     if let Some(fence) = fence {
         ledger
             .begin(table_name, migration.id(), &runner, runs, fence)
@@ -590,9 +581,7 @@ async fn execute_unlocked(
                 report.outcome = Outcome::Stopped;
                 report.schema = Some(done);
                 if let Some(fence) = fence {
-                    ledger
-                        .finish(&report, &runner, &started_at, runs, fence)
-                        .await?;
+                    finish(ledger, &report, &runner, &started_at, runs, fence).await?;
                 }
                 return Ok(report);
             }
@@ -604,9 +593,7 @@ async fn execute_unlocked(
                 report.outcome = Outcome::Stopped;
                 report.schema = Some(format!("failed: {error}"));
                 if let Some(fence) = fence {
-                    ledger
-                        .finish(&report, &runner, &started_at, runs, fence)
-                        .await?;
+                    finish(ledger, &report, &runner, &started_at, runs, fence).await?;
                 }
                 return Err(Failure {
                     error,
@@ -670,17 +657,7 @@ async fn execute_unlocked(
                 + stats
                     .segments_done
                     .load(std::sync::atomic::Ordering::Relaxed);
-            metrics::publish(
-                &labels,
-                &stats,
-                &budgets,
-                (segments_total, segments_done),
-                items_estimated,
-                stats
-                    .checkpoint_saves
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            );
-            Progress {
+            let progress = Progress {
                 counts: stats.counts(),
                 done_before,
                 items_estimated,
@@ -693,7 +670,12 @@ async fn execute_unlocked(
                 write_limit,
                 read_rate: budgets.read.rate(),
                 write_rate: budgets.write.rate(),
-            }
+            };
+            let saves = stats
+                .checkpoint_saves
+                .load(std::sync::atomic::Ordering::Relaxed);
+            metrics::publish(&labels, &progress, saves);
+            progress
         }
     };
     let reporter = {
@@ -739,7 +721,7 @@ async fn execute_unlocked(
                 result = result.and(Err(e));
             }
             Err(join) => {
-                result = result.and(Err(Error::Usage(format!(
+                result = result.and(Err(Error::Panicked(format!(
                     "the checkpointer panicked: {join}"
                 ))));
             }
@@ -806,9 +788,7 @@ async fn execute_unlocked(
                 // The run is complete: its checkpoints have no further use.
                 store.delete().await?;
             }
-            ledger
-                .finish(&report, &runner, &started_at, runs, fence)
-                .await
+            finish(ledger, &report, &runner, &started_at, runs, fence).await
         };
         if let Err(e) = finished.await {
             return Err(Failure {
@@ -824,6 +804,39 @@ async fn execute_unlocked(
             report: Some(Box::new(report)),
         }),
     }
+}
+
+/// The ledger's status for a run that ended with `outcome`.
+fn ledger_status(outcome: Outcome) -> Status {
+    match outcome {
+        Outcome::Done | Outcome::Skipped => Status::Applied,
+        Outcome::DoneWithFailures => Status::Failed,
+        Outcome::Stopped => Status::Stopped,
+    }
+}
+
+/// Records in the ledger how the run ended: its totals over all its attempts
+/// when it was checkpointed, else this attempt's.
+async fn finish(
+    ledger: &Ledger,
+    report: &Report,
+    runner: &str,
+    started_at: &str,
+    runs: u64,
+    fence: &Fence,
+) -> Result<(), Error> {
+    let run = Finished {
+        table: &report.table,
+        migration: &report.migration,
+        status: ledger_status(report.outcome),
+        runner,
+        started_at,
+        runs,
+        counts: report.total.unwrap_or(report.counts),
+        schema: report.schema.as_deref(),
+        dead_letters: &report.dead_letters,
+    };
+    ledger.finish(&run, fence).await
 }
 
 /// The dead-letter files of the run: those its state names (earlier attempts,
@@ -1042,17 +1055,16 @@ async fn pipeline(
                 first_error.get_or_insert(e);
             }
             Ok(Err(Stop::ErrorBudget(n))) => {
-                first_error.get_or_insert(Error::Usage(format!(
-                    "stopped: {n} items of this run have failed (earlier attempts included), more than --max-errors allows; \
-                     see the dead-letter file {} and those of earlier attempts (the report lists them all), \
-                     fix the migration or the data, then run again (a higher --max-errors lets it go on past more failures)",
-                    pool.dead_letter.path().display()
-                )));
+                first_error.get_or_insert(Error::ErrorBudget {
+                    failed: n,
+                    dead_letter: pool.dead_letter.path().to_owned(),
+                });
             }
             Err(join) => {
                 // Stop the scans, or they would wait forever on a full channel.
                 stop_scans.cancel();
-                first_error.get_or_insert(Error::Usage(format!("a worker task panicked: {join}")));
+                first_error
+                    .get_or_insert(Error::Panicked(format!("a worker task panicked: {join}")));
             }
         }
     }
@@ -1062,7 +1074,7 @@ async fn pipeline(
             first_error.get_or_insert(e);
         }
         Err(join) => {
-            first_error.get_or_insert(Error::Usage(format!("the scan task panicked: {join}")));
+            first_error.get_or_insert(Error::Panicked(format!("the scan task panicked: {join}")));
         }
     }
     match first_error {

@@ -1,18 +1,24 @@
-//! Retry with jittered exponential backoff: the one place that owns retry policy.
+//! Retry with jittered exponential backoff.
 //!
-//! The SDK's own retries are disabled (see [`crate::dynamo::client`]); every DynamoDB
-//! call goes through [`retry`], which retries throttling and transient faults
-//! and returns anything else at once. dynbulk's own calls give up after a
-//! number of attempts; the data path (item writes, re-reads, scan pages) gives
-//! up after a time budget (`--retry-budget`), because a partition the
-//! application keeps hot can throttle one item for minutes.
+//! The SDK's own retries are disabled (see [`crate::dynamo::client`]). Scan
+//! pages, item writes and re-reads, DescribeTable of the target table, ledger
+//! reads, state-table queries and fenced state writes go through [`retry`],
+//! which retries throttling and transient faults and returns anything else at
+//! once. dynbulk's own calls give up after a number of attempts; the data path
+//! (item writes, re-reads, scan pages) gives up after a time budget
+//! (`--retry-budget`), because a partition the application keeps hot can
+//! throttle one item for minutes.
+//!
+//! Not every call retries here: the lock (`state::lock`) paces its claims and
+//! renewals by the lease instead, and creating the state table and the schema
+//! step send once and then poll until the table or index is active.
 
 use std::future::Future;
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::error::{AwsError, Class};
+use crate::dynamo::classify::{AwsError, Class};
 
 /// Backoff schedule: "full jitter" exponential backoff (AWS architecture blog),
 /// `sleep = random(0, min(cap, base * 2^attempt))`.

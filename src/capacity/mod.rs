@@ -2,7 +2,9 @@
 //! consumed, and the retry policy for throttled and failing calls.
 //!
 //! - [`limiter`]: per-direction budgets (governor ceiling + adaptive working rate).
+//! - `cost`: capacity units per read and write, and the Scan page size.
 //! - [`backoff`]: jittered exponential retry against an attempt or time budget.
 
 pub mod backoff;
+pub(crate) mod cost;
 pub mod limiter;

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::dynamo::client::Connection;
 use crate::migrator::{self, Migrator};
 use crate::run::{Limit, Limits, Plan};
-use crate::state::ledger::DEFAULT_STATE_TABLE;
+use crate::state::store::DEFAULT_STATE_TABLE;
 
 mod dispatch;
 mod progress;

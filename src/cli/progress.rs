@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::report::{Observer, Progress};
-use crate::run::human_duration;
+use crate::util::human_duration;
 
 pub(crate) use super::ProgressChoice as Mode;
 

@@ -3,7 +3,8 @@
 //! Region, credentials and endpoint resolve as in the AWS CLI: flags first, then
 //! `AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL(_DYNAMODB)`, the shared config
 //! files and the default credential chain. The SDK's retries are off: dynbulk's
-//! [`crate::capacity::backoff`] owns retry policy so throttling is seen in one place.
+//! [`crate::capacity::backoff`] (and the lock, and the waits that poll) decide
+//! when to try again, so every throttle is seen, metered and paced by dynbulk.
 
 use std::time::Duration;
 

@@ -13,9 +13,31 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::dynamo::classify::AwsError;
 use crate::dynamo::table;
-use crate::error::{AwsError, Error, Result};
-use crate::migration::SchemaStep;
+use crate::error::{Error, Result};
+
+/// Declarative, idempotent schema changes run before the data step. dynbulk
+/// checks the table's current description first and does nothing when the
+/// change is already there.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SchemaStep {
+    /// Turn on TTL on the given attribute.
+    EnableTtl {
+        /// Attribute that holds the expiry time (epoch seconds).
+        attribute: String,
+    },
+    /// Add a global secondary index (projection ALL) and wait until it is active.
+    AddGlobalSecondaryIndex {
+        /// Index name.
+        name: String,
+        /// Partition key attribute (string type).
+        hash_key: String,
+        /// Optional sort key attribute (string type).
+        range_key: Option<String>,
+    },
+}
 
 /// Applies `step` to `table` unless it is already in place; returns what was
 /// done, for the ledger. In a dry run, only says what would be done. Once
@@ -179,7 +201,7 @@ pub async fn apply(
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-            Err(Error::Usage(format!(
+            Err(Error::Timeout(format!(
                 "index {name} on table {table_name} did not become ACTIVE within an hour; run again once it is"
             )))
         }

@@ -4,7 +4,8 @@ use aws_sdk_dynamodb::types::{KeySchemaElement, KeyType, ScalarAttributeType, Ta
 use aws_sdk_dynamodb::Client;
 
 use crate::capacity::backoff::{retry, Attempts, Backoff};
-use crate::error::{AwsError, Error, Result};
+use crate::dynamo::classify::{AwsError, Cause};
+use crate::error::{Error, Result};
 
 /// The target table's shape and size.
 #[derive(Debug, Clone)]
@@ -94,7 +95,7 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableInfo> {
     .await
     .map_err(|e| describe_error(client, table, e))?;
     let desc = out.table.ok_or_else(|| {
-        Error::Usage(format!(
+        Error::Internal(format!(
             "DescribeTable returned no description for table {table}"
         ))
     })?;
@@ -175,23 +176,23 @@ fn describe_error(client: &Client, table: &str, e: AwsError) -> Error {
         .map(|r| r.to_string())
         .unwrap_or_else(|| "?".into());
     let where_ = format!("region {region}");
-    match e.code.as_deref() {
-        Some("ResourceNotFoundException") => Error::Usage(format!(
+    match e.cause() {
+        Cause::MissingResource => Error::Usage(format!(
             "table {table} does not exist ({where_}); check --table, --region and --endpoint-url"
         )),
-        Some("AccessDeniedException") => Error::Usage(format!(
+        Cause::AccessDenied => Error::Connection(format!(
             "access to table {table} was denied ({where_}): {}; check the credentials' IAM permissions (dynamodb:DescribeTable, Scan, UpdateItem, DeleteItem, GetItem)",
             e.message
         )),
-        Some("UnrecognizedClientException") | Some("InvalidSignatureException") | Some("ExpiredTokenException") => {
-            Error::Usage(format!(
+        Cause::BadCredentials => {
+            Error::Connection(format!(
                 "the AWS credentials were rejected ({where_}): {e}; check --profile, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or refresh your session"
             ))
         }
-        _ if e.construction => Error::Usage(format!(
+        _ if e.construction => Error::Connection(format!(
             "cannot sign requests to DynamoDB: {e}; configure credentials (--profile, AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
         )),
-        _ if e.no_response => Error::Usage(format!(
+        _ if e.no_response => Error::Connection(format!(
             "cannot reach DynamoDB ({where_}) to describe table {table}: {e}; check --endpoint-url, --region and the network"
         )),
         _ => Error::aws(format!("describing table {table} ({where_})"), e),

@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 use serde_dynamo::Error;
 
-use crate::migration::Attrs;
+use crate::dynamo::value::Attrs;
 
 /// Deserializes `attrs` into `T`, adding what `T` read to `read`.
 ///

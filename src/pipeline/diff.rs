@@ -16,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use crate::dynamo::value::same_value;
 use crate::migration::{Attrs, Change, Update};
 
 /// A planned write for one item.
@@ -231,67 +232,6 @@ pub fn effective(old: &Attrs, update: &Update) -> Update {
         }
     }
     out
-}
-
-/// [`same_value`], or numbers (also inside lists and maps) that read as the
-/// same f64: what a typed (serde) struct with f64 fields gives back for a
-/// number it did not change. Used for updates computed from typed values, so
-/// that digits an f64 cannot hold are never overwritten by the f64's text.
-pub fn same_typed_value(old: &AttributeValue, new: &AttributeValue) -> bool {
-    use AttributeValue as V;
-    match (old, new) {
-        (V::N(x), V::N(y)) => {
-            same_value(old, new)
-                || matches!((x.parse::<f64>(), y.parse::<f64>()), (Ok(a), Ok(b)) if a == b && a.is_finite())
-        }
-        (V::L(x), V::L(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_typed_value(a, b))
-        }
-        (V::M(x), V::M(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_typed_value(v, w)))
-        }
-        _ => same_value(old, new),
-    }
-}
-
-/// Equality as DynamoDB stores values: numbers compare by value, since DynamoDB
-/// normalizes them ("3.50" is stored and returned as "3.5"); lists and maps
-/// compare element by element.
-pub fn same_value(a: &AttributeValue, b: &AttributeValue) -> bool {
-    use AttributeValue as V;
-    match (a, b) {
-        (V::N(x), V::N(y)) => {
-            crate::dynamo::number::canonical(x) == crate::dynamo::number::canonical(y)
-        }
-        (V::Ns(x), V::Ns(y)) => {
-            let mut x: Vec<_> = x
-                .iter()
-                .map(|n| crate::dynamo::number::canonical(n))
-                .collect();
-            let mut y: Vec<_> = y
-                .iter()
-                .map(|n| crate::dynamo::number::canonical(n))
-                .collect();
-            x.sort();
-            y.sort();
-            x == y
-        }
-        (V::Ss(x), V::Ss(y)) => {
-            let (mut x, mut y) = (x.clone(), y.clone());
-            x.sort();
-            y.sort();
-            x == y
-        }
-        (V::L(x), V::L(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b)),
-        (V::M(x), V::M(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
-        }
-        _ => a == b,
-    }
 }
 
 #[derive(Default)]

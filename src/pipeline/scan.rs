@@ -10,8 +10,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::capacity::backoff::{retry, Attempts, Backoff};
-use crate::capacity::limiter::{bytes_per_rcu, item_size, Budgets, MAX_PAGE_BYTES};
-use crate::error::{AwsError, Error, Result};
+use crate::capacity::cost::{bytes_per_rcu, MAX_PAGE_BYTES};
+use crate::capacity::limiter::Budgets;
+use crate::dynamo::classify::AwsError;
+use crate::dynamo::value::item_size;
+use crate::error::{Error, Result};
 use crate::migration::{Attrs, ScanOptions};
 use crate::pipeline::inflight::{page_items, InFlight, ItemSize, Reservation};
 use crate::report::Stats;

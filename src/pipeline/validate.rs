@@ -15,9 +15,9 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::capacity::limiter::{item_size, value_size};
 use crate::dynamo::number::{decimal, problem as number_problem};
 use crate::dynamo::table::{IndexKey, Scalar};
+use crate::dynamo::value::{item_size, value_size};
 use crate::migration::{Attrs, Change};
 use crate::pipeline::diff::Planned;
 

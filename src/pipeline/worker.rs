@@ -161,7 +161,7 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
             counts,
         };
         if acks.send(ack).await.is_err() {
-            return Err(Stop::Fatal(Error::Usage(
+            return Err(Stop::Fatal(Error::Internal(
                 "the checkpointer stopped; checkpoints can no longer be saved".into(),
             )));
         }
@@ -178,7 +178,7 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
     Ok(())
 }
 
-async fn record(pool: &Pool, key: &crate::migration::Attrs, reason: &str) -> Result<()> {
+async fn record(pool: &Pool, key: &crate::dynamo::value::Attrs, reason: &str) -> Result<()> {
     pool.dead_letter
         .record(&pool.writer.table, pool.writer.migration.id(), key, reason)
         .await

@@ -1,8 +1,10 @@
 //! Applies a migration to one item: transform, plan the conditional write, send
 //! it, and on a conflict re-read and re-apply (bounded). The only module that
-//! sends data-table writes, and the only place `--dry-run` is decided: in a dry
-//! run this module returns before any write is built into a request, and a
-//! migration's transform never gets a client to write with.
+//! writes data items (the schema step changes the table itself, in
+//! `dynamo::schema`). In a dry run this module returns before any write is
+//! built into a request, and a migration's transform never gets a client to
+//! write with; the run skips the lock and every state write, and the schema
+//! step only says what it would do.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -12,8 +14,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use aws_sdk_dynamodb::Client;
 
 use crate::capacity::backoff::{retry, Attempts, Backoff};
-use crate::capacity::limiter::{item_size, read_units, value_size, write_units, Budgets};
-use crate::error::{AwsError, Call, Class, Error};
+use crate::capacity::cost::{read_units, write_units};
+use crate::capacity::limiter::Budgets;
+use crate::dynamo::classify::{AwsError, Call, Class};
+use crate::dynamo::value::{item_size, value_size};
+use crate::error::Error;
 use crate::migration::{Attrs, Change, Item, Migration};
 use crate::pipeline::diff::{self, Expr, Planned};
 use crate::report::{Sample, SampleChange, Stats};

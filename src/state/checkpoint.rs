@@ -34,12 +34,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use tokio::sync::mpsc;
 
+use crate::dynamo::value::Attrs;
 use crate::error::{Error, Result};
-use crate::migration::Attrs;
-use crate::report::Counts;
 use crate::state::deadletter::DeadLetter;
 use crate::state::fence::{self, Fence};
-use crate::state::ledger::{now, query_state, SCHEMA_VERSION};
+use crate::state::store::{check_layout, now, query_state, Counts, SCHEMA_VERSION};
 
 /// Where one segment stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +134,7 @@ impl Store {
 
     fn fence(&self) -> Result<&Fence> {
         self.fence.as_ref().ok_or_else(|| {
-            Error::Usage(format!(
+            Error::Internal(format!(
                 "run state of migration {} on table {} written without holding its lock",
                 self.migration, self.table
             ))
@@ -177,19 +176,7 @@ impl Store {
             }
             return Err(self.bad("has segment checkpoints but no run header".into()));
         };
-        match header
-            .get("schema_version")
-            .and_then(|v| v.as_s().ok())
-            .map(String::as_str)
-        {
-            Some(SCHEMA_VERSION) => {}
-            Some(v) => {
-                return Err(self.bad(format!(
-                    "has layout version {v:?}; this dynbulk reads {SCHEMA_VERSION:?}"
-                )))
-            }
-            None => return Err(self.bad("has no layout version".into())),
-        }
+        check_layout(header).map_err(|e| self.bad(e))?;
         let s = |k: &str| header.get(k).and_then(|v| v.as_s().ok()).cloned();
         let n = |k: &str| -> Result<u64> {
             match header.get(k) {
@@ -283,14 +270,8 @@ impl Store {
             keys,
             table_id: s("table_id"),
             counts: Counts {
-                scanned: n("scanned")?,
-                updated: n("updated")?,
-                deleted: n("deleted")?,
-                unchanged: n("unchanged")?,
                 failed,
-                conflicts: n("conflicts")?,
-                throttled: 0,
-                transient: 0,
+                ..Counts::load(n)?
             },
             attempts: n("attempts")?,
             started_at: s("started_at").unwrap_or_default(),
@@ -388,7 +369,7 @@ impl Store {
                 ),
             );
         }
-        put_counts(&mut item, counts);
+        counts.store(&mut item);
         self.put(item).await
     }
 
@@ -469,31 +450,6 @@ fn sk(item: &Attrs) -> Option<&str> {
         .map(String::as_str)
 }
 
-fn put_counts(item: &mut Attrs, c: &Counts) {
-    for (name, v) in [
-        ("scanned", c.scanned),
-        ("updated", c.updated),
-        ("deleted", c.deleted),
-        ("unchanged", c.unchanged),
-        ("failed", c.failed),
-        ("conflicts", c.conflicts),
-    ] {
-        item.insert(name.into(), AttributeValue::N(v.to_string()));
-    }
-}
-
-/// Adds `b` to `a`.
-pub fn add(a: &mut Counts, b: &Counts) {
-    a.scanned += b.scanned;
-    a.updated += b.updated;
-    a.deleted += b.deleted;
-    a.unchanged += b.unchanged;
-    a.failed += b.failed;
-    a.conflicts += b.conflicts;
-    a.throttled += b.throttled;
-    a.transient += b.transient;
-}
-
 /// Pure watermark logic: which segment states follow from the acks so far.
 #[derive(Debug)]
 pub struct Watermark {
@@ -557,7 +513,7 @@ pub async fn checkpointer(
         let mut dirty = BTreeSet::new();
         let mut take = |ack: Ack, state: &mut RunState, dirty: &mut BTreeSet<u32>| {
             for a in mark.ack(ack) {
-                add(&mut state.counts, &a.counts);
+                state.counts.add(&a.counts);
                 state.segment_failed[a.segment as usize] += a.counts.failed;
                 state.segments[a.segment as usize] = match a.last_key {
                     Some(k) => SegmentState::At(k),

@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
+use crate::dynamo::value::Attrs;
 use crate::error::{Error, Result};
-use crate::migration::Attrs;
 
 /// Appends failures to a JSON-lines file.
 #[derive(Debug)]

@@ -31,8 +31,9 @@ use aws_sdk_dynamodb::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::capacity::backoff::{retry, Attempts, Backoff};
-use crate::error::{AwsError, Class, Error, Result};
-use crate::migration::Attrs;
+use crate::dynamo::classify::{AwsError, Class};
+use crate::dynamo::value::Attrs;
+use crate::error::{Error, Result};
 
 /// The state-item attribute holding the epoch of the runner that wrote it.
 pub const ATTRIBUTE: &str = "fence";

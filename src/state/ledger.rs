@@ -18,16 +18,11 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 
 use crate::capacity::backoff::{retry, Attempts, Backoff};
-use crate::error::{AwsError, Error, Result};
-use crate::migration::Attrs;
-use crate::report::{Counts, Outcome, Report};
+use crate::dynamo::classify::{AwsError, Cause};
+use crate::dynamo::value::Attrs;
+use crate::error::{Error, Result};
 use crate::state::fence::{self, Fence};
-
-/// Default state table name.
-pub const DEFAULT_STATE_TABLE: &str = "dynbulk-state";
-
-/// The layout version this build writes and reads.
-pub const SCHEMA_VERSION: &str = "1";
+use crate::state::store::{check_layout, now, query_state, Counts, SCHEMA_VERSION};
 
 /// A migration's status on one table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +87,29 @@ pub struct Entry {
     pub runs: u64,
 }
 
+/// How a run ended, as [`Ledger::finish`] records it.
+#[derive(Debug, Clone)]
+pub struct Finished<'a> {
+    /// Target table.
+    pub table: &'a str,
+    /// Migration id.
+    pub migration: &'a str,
+    /// The status the run leaves the migration in.
+    pub status: Status,
+    /// `user@host` of the runner.
+    pub runner: &'a str,
+    /// When the run first started (RFC 3339).
+    pub started_at: &'a str,
+    /// How many runs this migration had on this table, this one included.
+    pub runs: u64,
+    /// The run's totals over all its attempts.
+    pub counts: Counts,
+    /// What the schema step did.
+    pub schema: Option<&'a str>,
+    /// The dead-letter files of every attempt.
+    pub dead_letters: &'a [std::path::PathBuf],
+}
+
 /// The ledger in a state table.
 #[derive(Clone)]
 pub struct Ledger {
@@ -151,7 +169,7 @@ impl Ledger {
             }
             Err(e) => {
                 let e = AwsError::from_sdk(e);
-                if e.code.as_deref() == Some("ResourceNotFoundException") {
+                if e.cause() == Cause::MissingResource {
                     Ok(false)
                 } else {
                     Err(Error::aws(
@@ -200,7 +218,7 @@ impl Ledger {
         if let Err(e) = r {
             let e = AwsError::from_sdk(e);
             // Another runner created it at the same moment: fine.
-            if e.code.as_deref() != Some("ResourceInUseException") {
+            if e.cause() != Cause::ResourceInUse {
                 return Err(Error::aws(
                     format!("creating state table {}", self.table),
                     e,
@@ -254,7 +272,7 @@ impl Ledger {
         .await;
         let out = match out {
             Ok(o) => o,
-            Err(e) if e.code.as_deref() == Some("ResourceNotFoundException") => return Ok(None),
+            Err(e) if e.cause() == Cause::MissingResource => return Ok(None),
             Err(e) => {
                 return Err(Error::aws(
                     format!("reading the ledger in state table {}", self.table),
@@ -289,47 +307,23 @@ impl Ledger {
     ///
     /// # Errors
     /// When the state table cannot be written, or the lock was lost.
-    pub async fn finish(
-        &self,
-        report: &Report,
-        runner: &str,
-        started_at: &str,
-        runs: u64,
-        fence: &Fence,
-    ) -> Result<()> {
-        let status = match report.outcome {
-            Outcome::Done | Outcome::Skipped => Status::Applied,
-            Outcome::DoneWithFailures => Status::Failed,
-            Outcome::Stopped => Status::Stopped,
-        };
-        let mut item = self.base(&report.table, &report.migration);
-        item.insert("status".into(), s(status.as_str()));
-        item.insert("started_at".into(), s(started_at));
+    pub async fn finish(&self, run: &Finished<'_>, fence: &Fence) -> Result<()> {
+        let mut item = self.base(run.table, run.migration);
+        item.insert("status".into(), s(run.status.as_str()));
+        item.insert("started_at".into(), s(run.started_at));
         item.insert("finished_at".into(), s(&now()));
-        item.insert("runner".into(), s(runner));
-        item.insert("runs".into(), n(runs));
-        // The run's totals over all its attempts when it was checkpointed.
-        let c = report.total.unwrap_or(report.counts);
-        for (name, v) in [
-            ("scanned", c.scanned),
-            ("updated", c.updated),
-            ("deleted", c.deleted),
-            ("unchanged", c.unchanged),
-            ("failed", c.failed),
-            ("conflicts", c.conflicts),
-        ] {
-            item.insert(name.into(), n(v));
-        }
-        if let Some(schema) = &report.schema {
+        item.insert("runner".into(), s(run.runner));
+        item.insert("runs".into(), n(run.runs));
+        run.counts.store(&mut item);
+        if let Some(schema) = run.schema {
             item.insert("schema".into(), s(schema));
         }
         // The run's state (which names them too) is deleted once it completes.
-        if !report.dead_letters.is_empty() {
+        if !run.dead_letters.is_empty() {
             item.insert(
                 "dead_letters".into(),
                 AttributeValue::L(
-                    report
-                        .dead_letters
+                    run.dead_letters
                         .iter()
                         .map(|p| s(&p.to_string_lossy()))
                         .collect(),
@@ -395,15 +389,7 @@ impl Ledger {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        match get_s("schema_version").as_deref() {
-            Some(SCHEMA_VERSION) => {}
-            Some(v) => {
-                return Err(bad(&format!(
-                    "has layout version {v:?}, this build reads {SCHEMA_VERSION:?}"
-                )))
-            }
-            None => return Err(bad("has no layout version")),
-        }
+        check_layout(item).map_err(|e| bad(&e))?;
         let status = get_s("status")
             .and_then(|s| Status::parse(&s))
             .ok_or_else(|| bad("has no valid status"))?;
@@ -414,53 +400,10 @@ impl Ledger {
             started_at: get_s("started_at").unwrap_or_default(),
             finished_at: get_s("finished_at"),
             runner: get_s("runner").unwrap_or_default(),
-            counts: Counts {
-                scanned: get_n("scanned"),
-                updated: get_n("updated"),
-                deleted: get_n("deleted"),
-                unchanged: get_n("unchanged"),
-                failed: get_n("failed"),
-                conflicts: get_n("conflicts"),
-                throttled: 0,
-                transient: 0,
-            },
+            counts: Counts::load(|k| Ok::<_, Error>(get_n(k)))?,
             schema: get_s("schema"),
             runs: get_n("runs"),
         })
-    }
-}
-
-/// Every item of one state-table partition, strongly consistent, retried,
-/// all pages. A missing state table reads as an empty partition.
-pub(crate) async fn query_state(
-    client: &Client,
-    state_table: &str,
-    pk: &str,
-) -> std::result::Result<Vec<Attrs>, AwsError> {
-    let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let page = retry(&Backoff::default(), &mut Attempts::default(), || {
-            let req = client
-                .query()
-                .table_name(state_table)
-                .key_condition_expression("pk = :p")
-                .expression_attribute_values(":p", AttributeValue::S(pk.to_owned()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.clone());
-            async move { req.send().await.map_err(AwsError::from_sdk) }
-        })
-        .await;
-        let page = match page {
-            Ok(p) => p,
-            Err(e) if e.code.as_deref() == Some("ResourceNotFoundException") => return Ok(items),
-            Err(e) => return Err(e),
-        };
-        items.extend(page.items.unwrap_or_default());
-        start = page.last_evaluated_key.filter(|k| !k.is_empty());
-        if start.is_none() {
-            return Ok(items);
-        }
     }
 }
 
@@ -474,46 +417,4 @@ fn s(v: &str) -> AttributeValue {
 
 fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
-}
-
-/// The login name of this process's uid, from /etc/passwd (containers and
-/// cron jobs often have no USER variable).
-fn user_from_passwd() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .next()?
-        .to_owned();
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        let _pw = f.next()?;
-        (f.next()? == uid).then(|| name.to_owned())
-    })
-}
-
-/// The current time, RFC 3339, seconds precision, UTC.
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// `user@host` of this process, for the ledger and (later) locks.
-pub fn runner_identity() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .or_else(|_| std::env::var("USERNAME"))
-        .ok()
-        .filter(|u| !u.is_empty())
-        .or_else(user_from_passwd)
-        .unwrap_or_else(|| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{user}@{host}")
 }

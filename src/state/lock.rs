@@ -28,10 +28,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
-use crate::error::{AwsError, Class, Error, Result};
-use crate::migration::Attrs;
+use crate::dynamo::classify::{AwsError, Cause, Class};
+use crate::dynamo::value::Attrs;
+use crate::error::{Error, Result};
 use crate::state::fence::Fence;
-use crate::state::ledger::runner_identity;
+use crate::state::store::{now, runner_identity};
 
 /// How long a lease lasts without a renewal, unless the run says otherwise.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
@@ -250,7 +251,7 @@ pub async fn holder(
         Ok(o) => Ok(o.item.as_ref().and_then(decode)),
         Err(e) => {
             let e = AwsError::from_sdk(e);
-            if e.code.as_deref() == Some("ResourceNotFoundException") {
+            if e.cause() == Cause::MissingResource {
                 Ok(None)
             } else {
                 Err(Error::aws(
@@ -275,7 +276,7 @@ enum Expect<'a> {
 /// holder's, if longer) before deciding.
 ///
 /// # Errors
-/// [`Error::Usage`] naming the holder when another live runner has it.
+/// [`Error::Locked`] naming the holder when another live runner has it.
 pub async fn acquire(
     client: &Client,
     state_table: &str,
@@ -306,7 +307,7 @@ pub async fn acquire(
                     return Ok(lock);
                 }
                 if claims >= 5 {
-                    return Err(Error::Usage(format!(
+                    return Err(Error::Locked(format!(
                         "could not take the lock of migration {migration} on table {table}: it keeps changing hands; try again"
                     )));
                 }
@@ -362,7 +363,7 @@ pub async fn acquire(
 }
 
 fn busy(h: &Holder, table: &str, migration: &str) -> Error {
-    Error::Usage(format!(
+    Error::Locked(format!(
         "migration {migration} on table {table} is already being run by {} (pid {}) since {}; \
          it renews its lock while it runs. Wait for it to finish; if it died, run again: \
          its lock is taken over once it has gone a whole lease period without renewal",
@@ -400,7 +401,7 @@ async fn claim(
         (":owner".to_string(), s(&runner_identity())),
         (":host".to_string(), s(&host())),
         (":pid".to_string(), n(i64::from(std::process::id()))),
-        (":since".to_string(), s(&crate::state::ledger::now())),
+        (":since".to_string(), s(&now())),
         (":token".to_string(), s(token)),
         (":zero".to_string(), n(0)),
         (":one".to_string(), n(1)),

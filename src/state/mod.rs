@@ -1,6 +1,8 @@
 //! What dynbulk keeps about runs, in the state table next to the data (and the
 //! dead-letter file on disk).
 //!
+//! - [`store`]: the state table's plumbing: name, layout version, timestamps, runner
+//!   identity, partition reads, the stored item counts.
 //! - [`ledger`]: which migrations ran where, when, by whom, with what result.
 //! - [`checkpoint`]: per-segment checkpoints, the acknowledgement watermark, resume state.
 //! - [`lock`]: one runner per migration and table (lease, heartbeat, takeover).
@@ -12,3 +14,4 @@ pub mod deadletter;
 pub(crate) mod fence;
 pub mod ledger;
 pub mod lock;
+pub mod store;

@@ -164,7 +164,7 @@ where
     let shutdown = CancellationToken::new();
     let run = {
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { run::execute(&client, &prepared, &plan, shutdown, None).await })
+        tokio::spawn(async move { run::execute(&client, &prepared, shutdown, None).await })
     };
     interrupt(proxy.clone(), shutdown).await;
     let result = tokio::time::timeout(Duration::from_secs(60), run)

@@ -209,7 +209,7 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
             }
         }
         let (display, observer) = progress::Display::start(args.progress, &id);
-        let result = run::execute(&client, &prepared, &plan, shutdown.clone(), observer).await;
+        let result = run::execute(&client, &prepared, shutdown.clone(), observer).await;
         display.finish();
         match result {
             Ok(report) => {

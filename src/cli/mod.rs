@@ -20,6 +20,7 @@ use crate::run::{Limit, Limits, Plan};
 use crate::state::store::DEFAULT_STATE_TABLE;
 
 mod dispatch;
+mod plan;
 mod progress;
 mod scaffold;
 mod status;

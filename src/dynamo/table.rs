@@ -8,7 +8,7 @@ use crate::dynamo::classify::{AwsError, Cause};
 use crate::error::{Error, Result};
 
 /// The target table's shape and size.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TableInfo {
     /// Table name.
     pub name: String,

@@ -157,7 +157,8 @@ impl Store {
         }
     }
 
-    /// Loads the unfinished run, if any.
+    /// Loads the unfinished run, if any. Segment rows of another run are
+    /// ignored (logged): their segments are scanned from the start.
     ///
     /// # Errors
     /// When the state cannot be read or does not decode; never guesses.
@@ -170,116 +171,18 @@ impl Store {
                     e,
                 )
             })?;
-        let Some(header) = items.iter().find(|i| sk(i) == Some("run")) else {
-            if items.is_empty() {
-                return Ok(None);
-            }
-            return Err(self.bad("has segment checkpoints but no run header".into()));
-        };
-        check_layout(header).map_err(|e| self.bad(e))?;
-        let s = |k: &str| header.get(k).and_then(|v| v.as_s().ok()).cloned();
-        let n = |k: &str| -> Result<u64> {
-            match header.get(k) {
-                None => Ok(0),
-                Some(v) => v
-                    .as_n()
-                    .ok()
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| self.bad(format!("has a malformed {k}"))),
-            }
-        };
-        let total_segments = n("total_segments")?;
-        if !(1..=1_000_000).contains(&total_segments) {
-            return Err(self.bad(format!("has an invalid TotalSegments {total_segments}")));
+        let decoded = decode(&items).map_err(|what| self.bad(what))?;
+        for row in &decoded.foreign {
+            tracing::warn!(
+                table = %self.table,
+                migration = %self.migration,
+                segment = %row.segment,
+                row_run = row.run.as_deref().unwrap_or("none"),
+                run = %decoded.state.as_ref().map(|s| s.run_id.as_str()).unwrap_or_default(),
+                "ignoring a checkpoint that belongs to another run (written by a runner that had lost the lock); the segment is scanned from its start"
+            );
         }
-        let keys = match header.get("keys") {
-            Some(AttributeValue::L(l)) => l
-                .iter()
-                .map(|v| v.as_s().ok().cloned())
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| self.bad("has malformed key names".into()))?,
-            _ => return Err(self.bad("has no key schema".into())),
-        };
-        let dead_letters = match header.get("dead_letters") {
-            None => Vec::new(),
-            Some(AttributeValue::L(l)) => l
-                .iter()
-                .map(|v| v.as_s().ok().cloned())
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| self.bad("has malformed dead-letter file names".into()))?,
-            Some(_) => return Err(self.bad("has malformed dead-letter file names".into())),
-        };
-        let run_id = s("run_id").unwrap_or_default();
-        // Rows written before runs were fenced carry no run id; they are this
-        // run's only when its header is from that time too.
-        let legacy = !header.contains_key(fence::ATTRIBUTE);
-        let mut segments = vec![SegmentState::Start; total_segments as usize];
-        let mut segment_failed = vec![0; total_segments as usize];
-        for item in &items {
-            let Some(sk) = sk(item) else { continue };
-            let Some(num) = sk.strip_prefix("segment#") else {
-                continue;
-            };
-            let row_run = item.get("run_id").and_then(|v| v.as_s().ok());
-            let ours = match row_run {
-                Some(id) => *id == run_id,
-                None => legacy,
-            };
-            if !ours {
-                tracing::warn!(
-                    table = %self.table,
-                    migration = %self.migration,
-                    segment = num,
-                    row_run = row_run.map(String::as_str).unwrap_or("none"),
-                    run = %run_id,
-                    "ignoring a checkpoint that belongs to another run (written by a runner that had lost the lock); the segment is scanned from its start"
-                );
-                continue;
-            }
-            let i: usize = num
-                .parse()
-                .ok()
-                .filter(|i| *i < total_segments as usize)
-                .ok_or_else(|| {
-                    self.bad(format!("has a checkpoint for an unknown segment {num:?}"))
-                })?;
-            segments[i] = match (item.get("done"), item.get("last_key")) {
-                (Some(AttributeValue::Bool(true)), _) => SegmentState::Done,
-                (_, Some(AttributeValue::M(key))) => {
-                    if keys.iter().any(|k| !key.contains_key(k)) || key.len() != keys.len() {
-                        return Err(self.bad(format!("for segment {i} does not decode: its key does not match the key schema {keys:?}")));
-                    }
-                    SegmentState::At(key.clone())
-                }
-                _ => return Err(self.bad(format!("for segment {i} does not decode"))),
-            };
-            segment_failed[i] = match item.get("failed") {
-                None => 0,
-                Some(v) => v.as_n().ok().and_then(|n| n.parse().ok()).ok_or_else(|| {
-                    self.bad(format!("for segment {i} has a malformed failed count"))
-                })?,
-            };
-        }
-        // The segment rows' failures are saved with their checkpoints; the
-        // header's may lag by one round (or be all there is, from a version
-        // that did not count per segment).
-        let failed = n("failed")?.max(segment_failed.iter().sum());
-        Ok(Some(RunState {
-            run_id,
-            total_segments: total_segments as u32,
-            keys,
-            table_id: s("table_id"),
-            counts: Counts {
-                failed,
-                ..Counts::load(n)?
-            },
-            attempts: n("attempts")?,
-            started_at: s("started_at").unwrap_or_default(),
-            checkpoint_at: s("checkpoint_at"),
-            segments,
-            segment_failed,
-            dead_letters,
-        }))
+        Ok(decoded.state)
     }
 
     /// Creates the header of a new run.
@@ -450,6 +353,157 @@ fn sk(item: &Attrs) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// A run's partition, decoded: the run (if any) and the segment rows that
+/// belong to another run.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub state: Option<RunState>,
+    pub foreign: Vec<ForeignRow>,
+}
+
+/// A segment row another run wrote (a runner that had lost the lock, after
+/// the run was restarted): not a checkpoint of this run.
+#[derive(Debug, PartialEq)]
+pub(crate) struct ForeignRow {
+    /// The row's segment number, as stored.
+    pub segment: String,
+    /// The run id the row carries.
+    pub run: Option<String>,
+}
+
+/// Decodes a run's partition (the header and its segment rows). The error
+/// says what does not decode, to follow "the checkpoint of migration M on
+/// table T".
+pub(crate) fn decode(items: &[Attrs]) -> std::result::Result<Decoded, String> {
+    let Some(header) = items.iter().find(|i| sk(i) == Some("run")) else {
+        if items.is_empty() {
+            return Ok(Decoded {
+                state: None,
+                foreign: vec![],
+            });
+        }
+        return Err("has segment checkpoints but no run header".into());
+    };
+    let mut state = decode_header(header)?;
+    // Rows written before runs were fenced carry no run id; they are this
+    // run's only when its header is from that time too.
+    let legacy = !header.contains_key(fence::ATTRIBUTE);
+    let mut foreign = Vec::new();
+    for item in items {
+        let Some(num) = sk(item).and_then(|sk| sk.strip_prefix("segment#")) else {
+            continue;
+        };
+        let row_run = item.get("run_id").and_then(|v| v.as_s().ok());
+        let ours = match row_run {
+            Some(id) => *id == state.run_id,
+            None => legacy,
+        };
+        if !ours {
+            foreign.push(ForeignRow {
+                segment: num.to_owned(),
+                run: row_run.cloned(),
+            });
+            continue;
+        }
+        decode_segment(item, num, &mut state)?;
+    }
+    // The segment rows' failures are saved with their checkpoints; the
+    // header's may lag by one round (or be all there is, from a version
+    // that did not count per segment).
+    state.counts.failed = state.counts.failed.max(state.segment_failed.iter().sum());
+    Ok(Decoded {
+        state: Some(state),
+        foreign,
+    })
+}
+
+/// The run header, with every segment at its start.
+fn decode_header(header: &Attrs) -> std::result::Result<RunState, String> {
+    check_layout(header).map_err(|version| match version {
+        Some(v) => format!("has layout version {v:?}; this dynbulk reads {SCHEMA_VERSION:?}"),
+        None => "has no layout version".to_owned(),
+    })?;
+    let s = |k: &str| header.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let n = |k: &str| -> std::result::Result<u64, String> {
+        match header.get(k) {
+            None => Ok(0),
+            Some(v) => v
+                .as_n()
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("has a malformed {k}")),
+        }
+    };
+    let strings = |k: &str, what: &str| -> std::result::Result<Option<Vec<String>>, String> {
+        match header.get(k) {
+            None => Ok(None),
+            Some(AttributeValue::L(l)) => l
+                .iter()
+                .map(|v| v.as_s().ok().cloned())
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| format!("has malformed {what}")),
+            Some(_) => Err(format!("has malformed {what}")),
+        }
+    };
+    let total_segments = n("total_segments")?;
+    if !(1..=1_000_000).contains(&total_segments) {
+        return Err(format!("has an invalid TotalSegments {total_segments}"));
+    }
+    let keys = match header.get("keys") {
+        Some(AttributeValue::L(_)) => strings("keys", "key names")?.unwrap_or_default(),
+        _ => return Err("has no key schema".into()),
+    };
+    Ok(RunState {
+        run_id: s("run_id").unwrap_or_default(),
+        total_segments: total_segments as u32,
+        keys,
+        table_id: s("table_id"),
+        counts: Counts::load(n)?,
+        attempts: n("attempts")?,
+        started_at: s("started_at").unwrap_or_default(),
+        checkpoint_at: s("checkpoint_at"),
+        segments: vec![SegmentState::Start; total_segments as usize],
+        segment_failed: vec![0; total_segments as usize],
+        dead_letters: strings("dead_letters", "dead-letter file names")?.unwrap_or_default(),
+    })
+}
+
+/// One segment row of the run, `segment#<num>`, into `state`.
+fn decode_segment(
+    item: &Attrs,
+    num: &str,
+    state: &mut RunState,
+) -> std::result::Result<(), String> {
+    let i: usize = num
+        .parse()
+        .ok()
+        .filter(|i| *i < state.segments.len())
+        .ok_or_else(|| format!("has a checkpoint for an unknown segment {num:?}"))?;
+    let keys = &state.keys;
+    state.segments[i] = match (item.get("done"), item.get("last_key")) {
+        (Some(AttributeValue::Bool(true)), _) => SegmentState::Done,
+        (_, Some(AttributeValue::M(key))) => {
+            if keys.iter().any(|k| !key.contains_key(k)) || key.len() != keys.len() {
+                return Err(format!(
+                    "for segment {i} does not decode: its key does not match the key schema {keys:?}"
+                ));
+            }
+            SegmentState::At(key.clone())
+        }
+        _ => return Err(format!("for segment {i} does not decode")),
+    };
+    state.segment_failed[i] = match item.get("failed") {
+        None => 0,
+        Some(v) => v
+            .as_n()
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("for segment {i} has a malformed failed count"))?,
+    };
+    Ok(())
+}
+
 /// Pure watermark logic: which segment states follow from the acks so far.
 #[derive(Debug)]
 pub struct Watermark {
@@ -593,5 +647,101 @@ mod tests {
         // Segments are independent.
         assert_eq!(w.ack(ack(1, 0, None)).len(), 1);
         assert_eq!(w.ack(ack(0, 3, None)).len(), 1);
+    }
+
+    fn header(run: &str) -> Attrs {
+        let mut h = HashMap::from([
+            ("sk".to_string(), AttributeValue::S("run".into())),
+            (
+                "schema_version".to_string(),
+                AttributeValue::S(SCHEMA_VERSION.into()),
+            ),
+            ("run_id".to_string(), AttributeValue::S(run.into())),
+            ("total_segments".to_string(), AttributeValue::N("3".into())),
+            (
+                "keys".to_string(),
+                AttributeValue::L(vec![AttributeValue::S("pk".into())]),
+            ),
+            ("failed".to_string(), AttributeValue::N("1".into())),
+            (fence::ATTRIBUTE.to_string(), AttributeValue::N("4".into())),
+        ]);
+        h.insert("scanned".into(), AttributeValue::N("40".into()));
+        h
+    }
+
+    fn row(segment: u32, run: &str, at: Option<&str>, failed: u64) -> Attrs {
+        let mut r = HashMap::from([
+            (
+                "sk".to_string(),
+                AttributeValue::S(format!("segment#{segment}")),
+            ),
+            ("run_id".to_string(), AttributeValue::S(run.into())),
+            ("failed".to_string(), AttributeValue::N(failed.to_string())),
+        ]);
+        match at {
+            Some(k) => r.insert(
+                "last_key".into(),
+                AttributeValue::M(HashMap::from([(
+                    "pk".to_string(),
+                    AttributeValue::S(k.into()),
+                )])),
+            ),
+            None => r.insert("done".into(), AttributeValue::Bool(true)),
+        };
+        r
+    }
+
+    #[test]
+    fn a_run_decodes_from_its_header_and_own_segment_rows() {
+        assert!(decode(&[]).unwrap().state.is_none());
+        let items = vec![
+            header("r1"),
+            row(0, "r1", None, 2),
+            row(1, "r1", Some("k7"), 1),
+            row(2, "r0", Some("k9"), 5),
+        ];
+        let decoded = decode(&items).unwrap();
+        let state = decoded.state.unwrap();
+        assert_eq!(state.total_segments, 3);
+        assert_eq!(state.counts.scanned, 40);
+        assert_eq!(state.segments[0], SegmentState::Done);
+        assert!(
+            matches!(&state.segments[1], SegmentState::At(k) if k["pk"] == AttributeValue::S("k7".into()))
+        );
+        // Another run's row is no checkpoint of this one: its segment starts over.
+        assert_eq!(state.segments[2], SegmentState::Start);
+        assert_eq!(
+            decoded.foreign,
+            vec![ForeignRow {
+                segment: "2".into(),
+                run: Some("r0".into())
+            }]
+        );
+        // Failures saved with the checkpoints count even when the header lags.
+        assert_eq!(state.segment_failed, vec![2, 1, 0]);
+        assert_eq!(state.counts.failed, 3);
+    }
+
+    #[test]
+    fn state_that_does_not_fit_is_refused_not_guessed() {
+        let no_header = decode(&[row(0, "r1", None, 0)]).unwrap_err();
+        assert_eq!(no_header, "has segment checkpoints but no run header");
+        let unknown = decode(&[header("r1"), row(7, "r1", None, 0)]).unwrap_err();
+        assert!(unknown.contains("unknown segment \"7\""), "{unknown}");
+        let mut wrong_key = row(1, "r1", Some("k"), 0);
+        wrong_key.insert(
+            "last_key".into(),
+            AttributeValue::M(HashMap::from([(
+                "id".to_string(),
+                AttributeValue::S("k".into()),
+            )])),
+        );
+        let e = decode(&[header("r1"), wrong_key]).unwrap_err();
+        assert!(e.contains("does not match the key schema"), "{e}");
+        let mut old = header("r1");
+        old.insert("schema_version".into(), AttributeValue::S("99".into()));
+        assert!(decode(&[old])
+            .unwrap_err()
+            .contains("layout version \"99\""));
     }
 }

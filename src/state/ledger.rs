@@ -389,7 +389,12 @@ impl Ledger {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        check_layout(item).map_err(|e| bad(&e))?;
+        check_layout(item).map_err(|version| match version {
+            Some(v) => bad(&format!(
+                "has layout version {v:?}, this build reads {SCHEMA_VERSION:?}"
+            )),
+            None => bad("has no layout version"),
+        })?;
         let status = get_s("status")
             .and_then(|s| Status::parse(&s))
             .ok_or_else(|| bad("has no valid status"))?;

@@ -1,0 +1,97 @@
+//! The plan `dynbulk run` prints before it starts: the table, resume or new
+//! run, page size, limits and how they were chosen, the scan's estimate.
+
+use std::fmt;
+
+use crate::run::Prepared;
+use crate::util::human_duration;
+
+impl fmt::Display for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let limit = |l: Option<f64>, unit: &str| match l {
+            Some(v) => format!("{v:.0} {unit}/s"),
+            None => "unlimited".to_owned(),
+        };
+        writeln!(
+            f,
+            "plan for {} on {}:",
+            self.migration.id(),
+            self.table.name
+        )?;
+        let billing = if self.table.on_demand {
+            "on-demand"
+        } else {
+            "provisioned"
+        };
+        let known = self.table.item_count > 0;
+        if known {
+            writeln!(
+                f,
+                "  table:          ~{} items, ~{:.1} MB (DescribeTable, refreshed about every 6 h), {billing}",
+                self.table.item_count,
+                self.table.size_bytes as f64 / 1e6,
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  table:          size not known yet (DescribeTable reports 0 items; it refreshes about every 6 h), {billing}"
+            )?;
+        }
+        match &self.existing {
+            Some(run) => {
+                writeln!(
+                    f,
+                    "  resuming:       run {} from its checkpoints: {}/{} segments done, {} items so far over {} attempt(s), started {}",
+                    run.run_id,
+                    run.segments_done(),
+                    run.total_segments,
+                    run.counts.scanned,
+                    run.attempts,
+                    run.started_at
+                )?;
+                if run.total_segments != self.plan.segments {
+                    writeln!(
+                        f,
+                        "                  TotalSegments stays {} for this run (a run's segments are fixed); --segments {} is ignored",
+                        run.total_segments, self.plan.segments
+                    )?;
+                }
+            }
+            None => writeln!(f, "  segments:       {}", self.plan.segments)?,
+        }
+        match self.page_size {
+            Some(p) => writeln!(
+                f,
+                "  page size:      {p} items (~{:.0} bytes per item)",
+                self.avg_item_bytes
+            )?,
+            None => writeln!(
+                f,
+                "  page size:      ~{} KB (items per page follow the item size)",
+                crate::pipeline::inflight::PAGE_BYTES / 1024
+            )?,
+        }
+        writeln!(f, "  read limit:     {}", limit(self.read_limit, "RCU"))?;
+        writeln!(f, "  write limit:    {}", limit(self.write_limit, "WCU"))?;
+        for note in &self.limit_notes {
+            writeln!(f, "                  {note}")?;
+        }
+        if known {
+            write!(f, "  scan estimate:  ~{:.0} RCU", self.read_estimate)?;
+            match self.read_limit {
+                Some(l) => writeln!(
+                    f,
+                    ", ~{} at the read limit",
+                    human_duration(self.read_estimate / l)
+                )?,
+                None => writeln!(f)?,
+            }
+        } else {
+            writeln!(
+                f,
+                "  scan estimate:  unknown until DescribeTable reports the table's size"
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -8,6 +8,9 @@
 //! item path does; their ratio is the pipeline's metrics overhead. And
 //! `request_metrics`: the cost of recording one request's latency, throttle
 //! and retry metrics, to set against a DynamoDB request's milliseconds.
+//! `transform`: the reference migration as Rust and as its TypeScript twin
+//! (tests/common/migrations), through the same pipeline: the script path's
+//! cost against the Rust path's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +22,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use dynbulk::capacity::limiter::{Budget, Budgets};
 use dynbulk::metrics;
-use dynbulk::migration::Attrs;
+use dynbulk::migration::{Attrs, Migration};
 use dynbulk::pipeline::inflight::{InFlight, BUDGET_BYTES};
 use dynbulk::pipeline::scan::Page;
 use dynbulk::pipeline::worker::{self, Pool};
@@ -69,6 +72,23 @@ async fn one_pass(
     workers: usize,
     with_metrics: bool,
 ) {
+    one_pass_with(
+        items,
+        client,
+        workers,
+        with_metrics,
+        Arc::new(StatusCategory),
+    )
+    .await
+}
+
+async fn one_pass_with(
+    items: Vec<Attrs>,
+    client: aws_sdk_dynamodb::Client,
+    workers: usize,
+    with_metrics: bool,
+    migration: Arc<dyn Migration>,
+) {
     let stats = Arc::new(Stats::default());
     let budgets = Arc::new(Budgets {
         read: Budget::new(None),
@@ -78,7 +98,7 @@ async fn one_pass(
         client,
         table: "bench".into(),
         keys: vec!["pk".into(), "sk".into()],
-        migration: Arc::new(StatusCategory),
+        migration,
         dry_run: true,
         backoff: Default::default(),
         stats: stats.clone(),
@@ -166,6 +186,15 @@ async fn one_pass(
     assert_eq!(stats.counts().updated + stats.counts().unchanged, ITEMS);
 }
 
+/// User + system CPU time of the whole process so far.
+fn cpu_seconds() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
 fn pipeline(c: &mut Criterion) {
     let items = items();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,6 +223,59 @@ fn pipeline(c: &mut Criterion) {
         }
         group.finish();
     }
+    let script = dynbulk::script::migrations(
+        &dynbulk::script::Folder::Given(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/migrations").into(),
+        ),
+        dynbulk::script::Limits::default(),
+    )
+    .expect("the TypeScript twin loads")
+    .pop()
+    .unwrap();
+    // Items per second per core: the process's CPU time (all threads: the
+    // runtime's and the script threads'), not wall time.
+    for (name, migration) in [
+        ("rust", Arc::new(StatusCategory) as Arc<dyn Migration>),
+        ("script", script.clone()),
+    ] {
+        runtime.block_on(one_pass_with(
+            items.clone(),
+            client.clone(),
+            8,
+            false,
+            migration.clone(),
+        ));
+        let passes = 5;
+        let before = cpu_seconds();
+        for _ in 0..passes {
+            runtime.block_on(one_pass_with(
+                items.clone(),
+                client.clone(),
+                8,
+                false,
+                migration.clone(),
+            ));
+        }
+        let cpu = cpu_seconds() - before;
+        let per_core = (passes * ITEMS) as f64 / cpu;
+        println!(
+            "transform/{name}: {per_core:.0} items/s per core ({:.2} us CPU per item)",
+            1e6 / per_core
+        );
+    }
+    let mut group = c.benchmark_group("transform");
+    group.throughput(Throughput::Elements(ITEMS));
+    group.sample_size(20);
+    for (name, migration) in [
+        ("rust", Arc::new(StatusCategory) as Arc<dyn Migration>),
+        ("script", script),
+    ] {
+        group.bench_function(BenchmarkId::new(name, 8), |b| {
+            b.to_async(&runtime)
+                .iter(|| one_pass_with(items.clone(), client.clone(), 8, false, migration.clone()))
+        });
+    }
+    group.finish();
     let mut group = c.benchmark_group("request_metrics");
     group.throughput(Throughput::Elements(1));
     group.bench_function("latency_and_retry", |b| {

@@ -25,6 +25,9 @@
 //!   display, `status`, and the scaffolds of `init --rust` and `new`.
 //! - [`run`]: one migration's run (orchestration): the `Plan`, the ledger, the lock,
 //!   checkpoints, the schema step, the pipeline, the outcome.
+//! - [`script`]: TypeScript/JavaScript migrations from the migrations folder, loaded
+//!   at start-up and run beside the Rust ones on sandboxed QuickJS engines (one per
+//!   script thread); TypeScript is type-stripped in-process.
 //! - [`pipeline`]: the data path: segment scans, the in-flight byte budget, the
 //!   worker pool, one item's conditional write, write planning (`diff`, `validate`).
 //! - [`state`]: the state table: its plumbing (`store`: layout, timestamps, counts,
@@ -60,6 +63,7 @@ pub mod migrator;
 pub mod pipeline;
 pub mod report;
 pub mod run;
+pub mod script;
 pub mod state;
 mod util;
 

@@ -52,6 +52,35 @@ pub trait Migration: Send + Sync {
     /// Decides what happens to one item. An `Err` sends the item to the
     /// dead-letter file; the run continues.
     fn transform(&self, item: &Item) -> Result<Change, TransformError>;
+    /// A transform that runs on threads of its own (a script engine), page by
+    /// page, instead of on the async worker task: `None` (the default) calls
+    /// [`Migration::transform`] on the worker task, which suits transforms
+    /// that take microseconds.
+    fn page_transform(&self) -> Option<&dyn PageTransform> {
+        None
+    }
+}
+
+/// What a transform may know about the run it is part of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunFacts {
+    /// The table the run migrates.
+    pub table: String,
+    /// True in a dry run (nothing is written whatever the transform decides).
+    pub dry_run: bool,
+}
+
+/// A migration's transform run away from the async worker threads (see
+/// [`Migration::page_transform`]): a page's items go over at once and come
+/// back each with its decision and the reads it recorded.
+pub trait PageTransform: Send + Sync {
+    /// Transforms `items` in order; each comes back as the [`Item`] with its
+    /// reads recorded and the decision for it.
+    fn transform_page(
+        &self,
+        run: &RunFacts,
+        items: Vec<Attrs>,
+    ) -> futures::future::BoxFuture<'static, Vec<(Item, Result<Change, TransformError>)>>;
 }
 
 /// Scan options a migration may set.

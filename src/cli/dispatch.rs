@@ -49,7 +49,8 @@ fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         // The SDK's config loader warns about every source it tries (IMDS on a
         // laptop, say); the errors that matter reach the user through dynbulk.
-        0 => "warn,aws_config=error",
+        // What scripts log (ctx.log, console.log) is shown like the old runner's console.
+        0 => "warn,aws_config=error,dynbulk::script=info",
         1 => "info,aws_config=warn,dynbulk=info",
         2 => "info,dynbulk=debug",
         _ => "debug,dynbulk=trace",

@@ -58,7 +58,23 @@ pub fn run_cli(migrator: impl Migrator) -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(dispatch::EXIT_FATAL));
         }
     };
-    match migrator::checked(&migrator) {
+    // Script migrations join the embedding program's for the commands that
+    // run or show migrations; a broken script stops those before anything is
+    // read or written (and leaves `init` and `new` usable).
+    let mut migrations = migrator.migrations();
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Status(_) | Command::List
+    ) {
+        match crate::script::migrations(&cli.script_folder(), cli.script_limits()) {
+            Ok(scripts) => migrations.extend(scripts),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(dispatch::EXIT_FATAL);
+            }
+        }
+    }
+    match migrator::checked(&migrations) {
         Ok(migrations) => dispatch::main(cli, migrations),
         Err(e) => {
             eprintln!("error: {e}");
@@ -81,9 +97,78 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// The folder of TypeScript/JavaScript migrations (YYYYMMDD_description.ts|.js);
+    /// without it, ./migrations if it exists.
+    #[arg(
+        long,
+        env = "DYNBULK_MIGRATIONS_DIR",
+        value_name = "DIR",
+        global = true,
+        help_heading = "Scripts"
+    )]
+    pub migrations_dir: Option<PathBuf>,
+
+    /// How long a script's transform may run on one item before the item fails.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION", global = true, help_heading = "Scripts")]
+    pub script_timeout: std::time::Duration,
+
+    /// Memory limit of each script engine (one per script thread): the item
+    /// that exceeds it fails.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size, value_name = "SIZE", global = true, help_heading = "Scripts")]
+    pub script_memory: usize,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Where script migrations are looked for.
+    pub fn script_folder(&self) -> crate::script::Folder {
+        match &self.migrations_dir {
+            Some(dir) => crate::script::Folder::Given(dir.clone()),
+            None => crate::script::Folder::Default(PathBuf::from("migrations")),
+        }
+    }
+
+    /// The per-item limits of script transforms.
+    pub fn script_limits(&self) -> crate::script::Limits {
+        crate::script::Limits {
+            timeout: self.script_timeout,
+            memory: self.script_memory,
+        }
+    }
+}
+
+/// Parses `64MiB`, `512KiB`, `1GiB` (`M`, `MB` and the like are read as
+/// binary units too; a bare number is bytes); at least 1 MiB.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; use e.g. 64MiB"))?;
+    let scale: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {text:?}; use KiB, MiB or GiB"
+            ))
+        }
+    };
+    let bytes = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes < 1 << 20 {
+        return Err(format!(
+            "{text:?} is too small: a script engine needs at least 1MiB"
+        ));
+    }
+    Ok(bytes)
 }
 
 const EXAMPLES: &str = "\

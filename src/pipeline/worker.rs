@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::migration::{Attrs, Change, Item, TransformError};
 use crate::pipeline::diff::key_of;
 use crate::pipeline::scan::Page;
 use crate::pipeline::write::{ItemOutcome, Writer};
@@ -17,6 +18,14 @@ use crate::report::Counts;
 use crate::report::Stats;
 use crate::state::checkpoint::Ack;
 use crate::state::deadletter::DeadLetter;
+
+/// An item of a page on its way to the writer.
+enum Pending {
+    /// As scanned: the writer transforms it.
+    Scanned(Attrs),
+    /// Already transformed by the migration's page transform.
+    Transformed(Item, std::result::Result<Change, TransformError>),
+}
 
 /// Why a worker stopped before the channel closed.
 #[derive(Debug)]
@@ -82,9 +91,23 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
         reservation: _held,
     } = page;
     let n_items = items.len() as u64;
+    // A migration with its own transform threads (a script) gets the whole
+    // page at once, off this task; the others transform item by item here.
+    let items: Vec<Pending> = match writer.migration.page_transform() {
+        Some(pages) => pages
+            .transform_page(&writer.facts(), items)
+            .await
+            .into_iter()
+            .map(|(item, change)| Pending::Transformed(item, change))
+            .collect(),
+        None => items.into_iter().map(Pending::Scanned).collect(),
+    };
     let mut results = stream::iter(items)
-        .map(|item| async move {
-            let key = key_of(&writer.keys, &item);
+        .map(|pending| async move {
+            let key = match &pending {
+                Pending::Scanned(attrs) => key_of(&writer.keys, attrs),
+                Pending::Transformed(item, _) => key_of(&writer.keys, item.scanned()),
+            };
             // After a fatal error in this page, only items already started
             // finish; the page is then not acknowledged, so a resume redoes it.
             // A graceful stop (Ctrl-C) finishes the page instead, so that it is
@@ -92,7 +115,10 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
             if abort.load(Relaxed) {
                 return (key, None);
             }
-            let r = writer.apply(item).await;
+            let r = match pending {
+                Pending::Transformed(item, change) => writer.apply_transformed(item, change).await,
+                Pending::Scanned(attrs) => writer.apply(attrs).await,
+            };
             if r.is_err() {
                 abort.store(true, Relaxed);
             }

@@ -19,10 +19,14 @@ use crate::capacity::limiter::Budgets;
 use crate::dynamo::classify::{AwsError, Call, Class};
 use crate::dynamo::value::{item_size, value_size};
 use crate::error::Error;
-use crate::migration::{Attrs, Change, Item, Migration};
+use crate::migration::{Attrs, Change, Item, Migration, RunFacts, TransformError};
 use crate::pipeline::diff::{self, Expr, Planned};
 use crate::report::{Sample, SampleChange, Stats};
 use crate::state::deadletter::value_json;
+
+fn transform_failed(e: TransformError) -> String {
+    format!("transform failed: {e}")
+}
 
 /// How often a conflicting item is re-read and re-applied before it is dead-lettered.
 pub const MAX_CONFLICT_RETRIES: u32 = 8;
@@ -81,20 +85,70 @@ impl Writer {
     /// when its retry budget is spent included, come back as
     /// [`ItemOutcome::Failed`].
     pub async fn apply(&self, scanned: Attrs) -> Result<ItemOutcome, Error> {
-        let mut attrs = scanned;
+        let (item, change) = self.transform(scanned).await;
+        self.finish(item, change).await
+    }
+
+    /// What a page transform needs to know about this run.
+    pub fn facts(&self) -> RunFacts {
+        RunFacts {
+            table: self.table.clone(),
+            dry_run: self.dry_run,
+        }
+    }
+
+    /// One item's transform: on the worker task, or on the migration's own
+    /// threads when it has a [`Migration::page_transform`].
+    async fn transform(&self, attrs: Attrs) -> (Item, Result<Change, String>) {
+        if let Some(pages) = self.migration.page_transform() {
+            let mut out = pages.transform_page(&self.facts(), vec![attrs]).await;
+            return match out.pop() {
+                Some((item, change)) => (item, change.map_err(transform_failed)),
+                None => (
+                    Item::new(Attrs::new()),
+                    Err("transform failed: no result".into()),
+                ),
+            };
+        }
+        let item = Item::new(attrs);
+        let change = match catch_unwind(AssertUnwindSafe(|| self.migration.transform(&item))) {
+            Ok(change) => change.map_err(transform_failed),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(format!("transform panicked: {msg}"))
+            }
+        };
+        (item, change)
+    }
+
+    /// Processes an item already transformed (by a page transform) to its
+    /// end state; conflicts re-read and transform it again.
+    ///
+    /// # Errors
+    /// As [`Writer::apply`].
+    pub async fn apply_transformed(
+        &self,
+        item: Item,
+        change: Result<Change, TransformError>,
+    ) -> Result<ItemOutcome, Error> {
+        self.finish(item, change.map_err(transform_failed)).await
+    }
+
+    async fn finish(
+        &self,
+        item: Item,
+        change: Result<Change, String>,
+    ) -> Result<ItemOutcome, Error> {
+        let mut next = (item, change);
         for _ in 0..=MAX_CONFLICT_RETRIES {
-            let item = Item::new(attrs);
-            let change = match catch_unwind(AssertUnwindSafe(|| self.migration.transform(&item))) {
-                Ok(Ok(change)) => change,
-                Ok(Err(e)) => return Ok(ItemOutcome::Failed(format!("transform failed: {e}"))),
-                Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
-                    return Ok(ItemOutcome::Failed(format!("transform panicked: {msg}")));
-                }
+            let (item, change) = next;
+            let change = match change {
+                Ok(change) => change,
+                Err(failure) => return Ok(ItemOutcome::Failed(failure)),
             };
             let read = item.read_set();
             let attrs_now = item.into_attrs();
@@ -163,7 +217,7 @@ impl Writer {
                     Class::ConditionFailed => {
                         Stats::inc(&self.stats.conflicts);
                         match self.reread(&key, item_size(&attrs_now)).await? {
-                            Some(fresh) => attrs = fresh,
+                            Some(fresh) => next = self.transform(fresh).await,
                             // Deleted by someone else in between, or no longer
                             // matching the scan filter: nothing left to migrate.
                             None => return Ok(ItemOutcome::Unchanged),

@@ -15,6 +15,9 @@
 //! - answers writes (UpdateItem, DeleteItem, PutItem) of chosen keys with a
 //!   chosen error, a bounded number of times ("hot keys", poison items the
 //!   endpoint would reject), without reaching the endpoint;
+//! - plays the application racing a migration ([`KeyRace`]): the first write
+//!   of a chosen item is preceded by an application write of that item sent
+//!   to the endpoint, so it lands between the migration's scan and its write;
 //! - counts requests, throttles, faults and units per operation, and keeps a
 //!   timeline of served units so tests can check any window.
 //!
@@ -89,6 +92,17 @@ impl KeyFault {
     }
 }
 
+/// An application write of one item, sent to the endpoint just before the
+/// first migration write of that item is forwarded.
+#[derive(Debug, Clone)]
+pub struct KeyRace {
+    /// `pk` or `pk|sk` (string keys) of the item.
+    pub key: String,
+    /// The application's whole UpdateItem request (DynamoDB JSON: TableName,
+    /// Key, UpdateExpression, ...).
+    pub update: Value,
+}
+
 /// Proxy settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -109,6 +123,8 @@ pub struct Config {
     /// Shift of the client's wall clock, milliseconds, applied to epoch-millisecond
     /// numbers it sends to other tables than the data table (the state table).
     pub clock_skew_ms: i64,
+    /// Application writes racing the migration's writes of chosen items.
+    pub races: Vec<KeyRace>,
 }
 
 impl Config {
@@ -122,6 +138,7 @@ impl Config {
             seed: 0,
             key_faults: Vec::new(),
             clock_skew_ms: 0,
+            races: Vec::new(),
         }
     }
 }
@@ -163,6 +180,8 @@ pub struct Stats {
     pub scan_pages: Vec<(f64, usize)>,
     /// Key faults answered, per key.
     pub key_faults: HashMap<String, u32>,
+    /// Keys whose application write ([`KeyRace`]) was sent.
+    pub raced: Vec<String>,
     /// Requests to the data table that neither read nor write items
     /// (DescribeTable, UpdateTable, ...), by operation: passed through unmetered.
     pub table_ops: HashMap<String, u64>,
@@ -571,6 +590,9 @@ async fn handle_open(
             }
             return Ok(error(StatusCode::BAD_REQUEST, fault.code, fault.message));
         }
+        if let Some(race) = key_race(&s, &op, &json) {
+            forward_update(&s, &parts, &race.update).await?;
+        }
         let (fate, delay) = {
             let f = &s.config.faults;
             let mut rng = s.rng.lock().unwrap();
@@ -705,6 +727,60 @@ async fn forward(
     let (rparts, rbody) = resp.into_parts();
     let rbody = rbody.collect().await.map_err(|_| Reset)?.to_bytes();
     Ok((rparts, rbody))
+}
+
+/// Sends `update` (an UpdateItem request) to the endpoint with the headers of
+/// the request in hand; fails the test if the endpoint refuses it.
+async fn forward_update(
+    s: &Shared,
+    parts: &hyper::http::request::Parts,
+    update: &Value,
+) -> Result<(), Reset> {
+    let body = Bytes::from(serde_json::to_vec(update).unwrap());
+    let mut builder = Request::builder()
+        .method(hyper::Method::POST)
+        .uri(format!("{}/", s.upstream));
+    for (name, value) in &parts.headers {
+        if name != hyper::header::CONTENT_LENGTH && name.as_str() != "x-amz-target" {
+            builder = builder.header(name, value);
+        }
+    }
+    let req = builder
+        .header("x-amz-target", "DynamoDB_20120810.UpdateItem")
+        .header(hyper::header::CONTENT_LENGTH, body.len())
+        .body(Full::new(body))
+        .map_err(|_| Reset)?;
+    let resp = s.client.request(req).await.map_err(|_| Reset)?;
+    let status = resp.status();
+    let text = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| Reset)?
+        .to_bytes();
+    assert!(
+        status.is_success(),
+        "the application's racing write failed: {status} {}",
+        String::from_utf8_lossy(&text)
+    );
+    Ok(())
+}
+
+/// The application write to send before this request, the first time a
+/// migration write of a raced key comes through.
+fn key_race(s: &Shared, op: &str, json: &Value) -> Option<KeyRace> {
+    if s.config.races.is_empty() || !matches!(op, "UpdateItem" | "DeleteItem" | "PutItem") {
+        return None;
+    }
+    let item = json.get("Key").or_else(|| json.get("Item"))?;
+    let key = item_key(item)?;
+    let race = s.config.races.iter().find(|r| r.key == key)?;
+    let mut stats = s.stats.lock().unwrap();
+    if stats.raced.contains(&key) {
+        return None;
+    }
+    stats.raced.push(key);
+    Some(race.clone())
 }
 
 /// The key fault that answers this request, if any (counted against its `times`).

@@ -1,0 +1,124 @@
+//! One transform call and what it decided, with the reads that guard its write.
+//!
+//! The script gets the item behind a Proxy (the prelude's tracker): `get`,
+//! `in` and property-descriptor lookups record the attribute name, present or
+//! absent; enumeration (`Object.keys`, spread, `JSON.stringify`, `for...in`)
+//! records every attribute; assignments and `delete` record the name
+//! changed. The names read go into the [`Item`]'s read set exactly as a Rust
+//! transform's `item.get(..)` would, so `diff::plan` conditions the write on
+//! them.
+//!
+//! What changed is decided against the scanned `AttributeValue`s, never by a
+//! round trip: only attributes the script assigned, deleted or read as an
+//! object (which it may have mutated in place) are converted back, and one
+//! that compares equal to its scanned value (numbers by value, sets in any
+//! order) is not written.
+
+use std::collections::BTreeSet;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use rquickjs::{Array, Ctx, Function, Object, Value};
+
+use super::values::{from_js, to_js, Shapes};
+use crate::migration::{Change, Item, TransformError, Update};
+
+/// Everything one page's transform calls share.
+pub struct Call<'a, 'js> {
+    /// The engine's context.
+    pub ctx: &'a Ctx<'js>,
+    /// Constructors for value conversion.
+    pub shapes: &'a Shapes<'js>,
+    /// The prelude's `run`.
+    pub run: &'a Function<'js>,
+    /// The prelude's `ownValue`.
+    pub own_value: &'a Function<'js>,
+    /// The prelude's `absent` marker.
+    pub absent: &'a Value<'js>,
+    /// The migration object (its `transform` is called as a method).
+    pub migration: &'a Object<'js>,
+    /// The `ctx` argument.
+    pub context: &'a Object<'js>,
+}
+
+/// True for values a script can change without assigning the attribute.
+fn mutable_in_place(v: &AttributeValue) -> bool {
+    use AttributeValue as V;
+    matches!(
+        v,
+        V::M(_) | V::L(_) | V::Ss(_) | V::Ns(_) | V::Bs(_) | V::B(_)
+    )
+}
+
+impl<'js> Call<'_, 'js> {
+    /// Runs the transform on `item`, recording its reads in the item.
+    ///
+    /// # Errors
+    /// The outer error is a JavaScript exception (thrown by the script, its
+    /// time or memory limit); the inner one a decision that cannot be
+    /// written (a bad return value, a value DynamoDB cannot store).
+    pub fn transform(&self, item: &Item) -> rquickjs::Result<Result<Change, TransformError>> {
+        let scanned = item.scanned();
+        let target = Object::new(self.ctx.clone())?;
+        for (name, value) in scanned {
+            target.set(name.as_str(), to_js(self.ctx, self.shapes, value)?)?;
+        }
+        let result: Array =
+            self.run
+                .call((self.migration.clone(), target.clone(), self.context.clone()))?;
+        let status: i32 = result.get(0)?;
+        let reads: Array = result.get(1)?;
+        let writes: Array = result.get(2)?;
+        let enumerated: bool = result.get(3)?;
+        let mut candidates = BTreeSet::new();
+        for name in reads.iter::<String>() {
+            let name = name?;
+            if item.get(&name).is_some_and(mutable_in_place) {
+                candidates.insert(name);
+            }
+        }
+        if enumerated {
+            for (name, value) in item.attrs() {
+                if mutable_in_place(value) {
+                    candidates.insert(name.clone());
+                }
+            }
+        }
+        match status {
+            0 => {}
+            1 => return Ok(Ok(Change::Delete)),
+            _ => {
+                let what: String = result.get(4)?;
+                return Ok(Err(TransformError::new(format!(
+                    "transform returned {what}; return nothing (or the item) to apply its changes, or DELETE to delete it"
+                ))));
+            }
+        }
+        for name in writes.iter::<String>() {
+            candidates.insert(name?);
+        }
+        let mut update = Update::new();
+        for name in candidates {
+            let now: Value = self.own_value.call((target.clone(), name.as_str()))?;
+            let before = scanned.get(&name);
+            if now.as_symbol().is_some() && now == *self.absent {
+                if before.is_some() {
+                    update.remove.insert(name);
+                }
+                continue;
+            }
+            let mut path = name.clone();
+            let value = match from_js(self.shapes, &now, &mut path) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(TransformError::new(e))),
+            };
+            if !before.is_some_and(|b| crate::dynamo::value::same_value(b, &value)) {
+                update.set.insert(name, value);
+            }
+        }
+        Ok(Ok(if update.is_empty() {
+            Change::Keep
+        } else {
+            Change::Update(update)
+        }))
+    }
+}

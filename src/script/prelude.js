@@ -1,0 +1,122 @@
+// dynbulk's script prelude: evaluated once in every engine before any
+// migration module. It returns the internals the engine drives (the read
+// tracker around each item, the DELETE marker, NumberValue), freezes the
+// clock and takes Math.random away. Not a module: its names stay private.
+(function setup(now, nativeLog) {
+  "use strict";
+
+  // Returned by a transform to delete the item.
+  const DELETE = Object.freeze(Object.create(null, {
+    [Symbol.toStringTag]: { value: "dynbulk.DELETE" },
+  }));
+
+  const DECIMAL = /^-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
+
+  // A DynamoDB number that a JS number cannot hold exactly (more than ~17
+  // significant digits, or beyond a double's range): the decimal text, kept.
+  class NumberValue {
+    constructor(value) {
+      const text = typeof value === "string" ? value.trim() : String(value);
+      if (!DECIMAL.test(text)) {
+        throw new TypeError(`NumberValue: ${JSON.stringify(text)} is not a decimal number`);
+      }
+      this.value = text;
+      Object.freeze(this);
+    }
+    valueOf() { return Number(this.value); }
+    toString() { return this.value; }
+    toJSON() { return this.value; }
+    static from(value) { return new NumberValue(value); }
+  }
+
+  // The clock is frozen at the time the process loaded its migrations: every
+  // item of a run sees the same Date.now() and new Date().
+  const RealDate = Date;
+  function FrozenDate(...args) {
+    if (!new.target) return new RealDate(now).toString();
+    return args.length === 0 ? new RealDate(now) : new RealDate(...args);
+  }
+  FrozenDate.prototype = RealDate.prototype;
+  FrozenDate.now = () => now;
+  FrozenDate.parse = RealDate.parse;
+  FrozenDate.UTC = RealDate.UTC;
+  globalThis.Date = FrozenDate;
+  Math.random = function random() {
+    throw new Error("Math.random() is not available to migrations: a transform must decide the same way every time it sees an item (it runs again after a write conflict)");
+  };
+
+  const show = (v) => {
+    if (typeof v === "string") return v;
+    try {
+      const s = JSON.stringify(v, (_, x) => (typeof x === "bigint" ? x.toString()
+        : x instanceof Set ? [...x] : x instanceof Uint8Array ? `<${x.length} bytes>` : x));
+      return s === undefined ? String(v) : s;
+    } catch (_) {
+      return String(v);
+    }
+  };
+  const log = (...args) => nativeLog(args.map(show).join(" "));
+  globalThis.console = Object.freeze({ log, info: log, warn: log, error: log, debug: log });
+
+  // The read tracker. One item is transformed at a time per engine.
+  const hasOwn = Object.prototype.hasOwnProperty;
+  let reads = [];
+  let writes = [];
+  let all = false;
+  const note = (t, k) => {
+    // Object.prototype's members (toString, hasOwnProperty...) are not
+    // attributes unless the item has one of that name.
+    if (typeof k === "string" && (!(k in Object.prototype) || hasOwn.call(t, k))) reads.push(k);
+  };
+  const handler = {
+    get(t, k) { note(t, k); return t[k]; },
+    has(t, k) { note(t, k); return k in t; },
+    getOwnPropertyDescriptor(t, k) { note(t, k); return Reflect.getOwnPropertyDescriptor(t, k); },
+    ownKeys(t) { all = true; return Reflect.ownKeys(t); },
+    set(t, k, v) { if (typeof k === "string") writes.push(k); t[k] = v; return true; },
+    defineProperty(t, k, d) { if (typeof k === "string") writes.push(k); return Reflect.defineProperty(t, k, d); },
+    deleteProperty(t, k) { if (typeof k === "string") writes.push(k); return delete t[k]; },
+    setPrototypeOf() { return false; },
+  };
+
+  const describe = (r) => {
+    if (r === null) return "null";
+    if (typeof r === "object" && typeof r.then === "function") {
+      return "a Promise (transform must be synchronous: not async, no await)";
+    }
+    if (typeof r === "object") return "an object other than the item";
+    return `a ${typeof r} (${show(r)})`;
+  };
+
+  // Runs migration.transform on the item `target` through the tracker.
+  // Returns [status, reads, writes, enumerated, what]: status 0 applies the
+  // item's changes, 1 deletes it, 2 is a return value that is neither.
+  function run(migration, target, ctx) {
+    reads = [];
+    writes = [];
+    all = false;
+    const { proxy, revoke } = Proxy.revocable(target, handler);
+    let r;
+    try {
+      r = migration.transform(proxy, ctx);
+    } finally {
+      // A script that kept the item cannot read or change it later.
+      revoke();
+    }
+    const status = r === undefined || r === proxy ? 0 : r === DELETE ? 1 : 2;
+    return [status, reads, writes, all, status === 2 ? describe(r) : ""];
+  }
+
+  // The value of an own property, or `absent`.
+  const absent = Symbol("absent");
+  const ownValue = (t, k) => (hasOwn.call(t, k) ? t[k] : absent);
+
+  const context = (tableName, dryRun) => Object.freeze({ tableName, dryRun, log });
+
+  const internals = Object.freeze({
+    DELETE, NumberValue, run, ownValue, absent, context,
+    setValues: (s) => Array.from(s),
+  });
+  Object.defineProperty(globalThis, Symbol.for("dynbulk"), { value: internals });
+  return internals;
+})

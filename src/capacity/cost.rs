@@ -45,6 +45,31 @@ pub fn read_units(bytes: usize, consistent: bool) -> f64 {
     }
 }
 
+/// An operation's output that says what it consumed (requested with
+/// `ReturnConsumedCapacity::Total`): what the budgets are charged.
+pub(crate) trait Consumed {
+    /// Capacity units the call consumed, if DynamoDB said.
+    fn consumed_units(&self) -> Option<f64>;
+}
+
+macro_rules! consumed {
+    ($($output:ty),*) => {$(
+        impl Consumed for $output {
+            fn consumed_units(&self) -> Option<f64> {
+                self.consumed_capacity().and_then(|c| c.capacity_units())
+            }
+        }
+    )*};
+}
+
+consumed!(
+    aws_sdk_dynamodb::operation::scan::ScanOutput,
+    aws_sdk_dynamodb::operation::query::QueryOutput,
+    aws_sdk_dynamodb::operation::get_item::GetItemOutput,
+    aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+    aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

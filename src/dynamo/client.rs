@@ -36,15 +36,11 @@ const LOCAL_DEFAULT_REGION: &str = "us-east-1";
 /// # Errors
 /// When no region can be resolved, or the named profile does not exist.
 pub async fn build(conn: &Connection) -> Result<Client, String> {
+    // The shared config (which credential providers also use) and the
+    // DynamoDB client both get the policy.
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .read_timeout(Duration::from_secs(30))
-                .operation_attempt_timeout(Duration::from_secs(30))
-                .build(),
-        );
+        .timeout_config(timeouts());
     if let Some(profile) = &conn.profile {
         if !profile_exists(profile) {
             return Err(format!(
@@ -81,13 +77,16 @@ pub async fn build(conn: &Connection) -> Result<Client, String> {
 pub fn policy(builder: aws_sdk_dynamodb::config::Builder) -> aws_sdk_dynamodb::config::Builder {
     builder
         .retry_config(RetryConfig::disabled())
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(3))
-                .read_timeout(Duration::from_secs(30))
-                .operation_attempt_timeout(Duration::from_secs(30))
-                .build(),
-        )
+        .timeout_config(timeouts())
+}
+
+/// Connect within 3 s, one attempt within 30 s.
+fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .read_timeout(Duration::from_secs(30))
+        .operation_attempt_timeout(Duration::from_secs(30))
+        .build()
 }
 
 /// Whether a profile is defined in the shared config or credentials file.

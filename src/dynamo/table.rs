@@ -1,6 +1,10 @@
 //! What dynbulk needs to know about the target table, from DescribeTable.
 
-use aws_sdk_dynamodb::types::{KeySchemaElement, KeyType, ScalarAttributeType, TableStatus};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+};
 use aws_sdk_dynamodb::Client;
 
 use crate::capacity::backoff::{retry, Attempts, Backoff};
@@ -167,6 +171,72 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableInfo> {
             .collect(),
         index_keys,
     })
+}
+
+/// Creates an on-demand table whose key attributes are strings: `keys[0]` the
+/// partition key, `keys[1]` (if any) the sort key. Returns once DynamoDB has
+/// accepted it; [`wait_active`] waits until it can be used.
+///
+/// # Errors
+/// DynamoDB's refusal (a table of that name exists: [`Cause::ResourceInUse`]).
+pub async fn create_on_demand(
+    client: &Client,
+    table: &str,
+    keys: &[&str],
+) -> std::result::Result<(), AwsError> {
+    let mut req = client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest);
+    for (i, k) in keys.iter().enumerate() {
+        let key_type = if i == 0 {
+            KeyType::Hash
+        } else {
+            KeyType::Range
+        };
+        req = req
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(*k)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .expect("name and type are set"),
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(*k)
+                    .key_type(key_type)
+                    .build()
+                    .expect("name and type are set"),
+            );
+    }
+    req.send().await.map(|_| ()).map_err(AwsError::from_sdk)
+}
+
+/// Waits until `table` is ACTIVE, looking every 100 ms for at most `within`;
+/// `Ok(false)` when it did not become active in that time.
+///
+/// # Errors
+/// When DescribeTable fails.
+pub async fn wait_active(
+    client: &Client,
+    table: &str,
+    within: Duration,
+) -> std::result::Result<bool, AwsError> {
+    let step = Duration::from_millis(100);
+    for _ in 0..within.as_millis().div_ceil(step.as_millis()) {
+        let out = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(AwsError::from_sdk)?;
+        if out.table.and_then(|t| t.table_status) == Some(TableStatus::Active) {
+            return Ok(true);
+        }
+        tokio::time::sleep(step).await;
+    }
+    Ok(false)
 }
 
 fn describe_error(client: &Client, table: &str, e: AwsError) -> Error {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::capacity::backoff::{retry, Attempts, Backoff};
-use crate::capacity::cost::{bytes_per_rcu, MAX_PAGE_BYTES};
+use crate::capacity::cost::{bytes_per_rcu, Consumed, MAX_PAGE_BYTES};
 use crate::capacity::limiter::Budgets;
 use crate::dynamo::classify::AwsError;
 use crate::dynamo::value::item_size;
@@ -148,11 +148,12 @@ async fn scan_segment(
                 } else {
                     Some(spec.options.filter_values.clone())
                 });
-            budgets
-                .read
-                .call("Scan", estimate, consumed_units, move || async move {
-                    req.send().await.map_err(AwsError::from_sdk)
-                })
+            budgets.read.call(
+                "Scan",
+                estimate,
+                Consumed::consumed_units,
+                move || async move { req.send().await.map_err(AwsError::from_sdk) },
+            )
         })
         .await;
         stats.throttled.fetch_add(
@@ -172,7 +173,7 @@ async fn scan_segment(
                 e,
             )
         })?;
-        if let Some(units) = consumed_units(&out) {
+        if let Some(units) = out.consumed_units() {
             estimate = units.max(0.5);
         }
         let items = out.items.unwrap_or_default();
@@ -203,10 +204,6 @@ async fn scan_segment(
         seq += 1;
         start = last_key;
     }
-}
-
-fn consumed_units(out: &aws_sdk_dynamodb::operation::scan::ScanOutput) -> Option<f64> {
-    out.consumed_capacity().and_then(|c| c.capacity_units())
 }
 
 /// The projection expression (keys always included) and its name placeholders.

@@ -14,7 +14,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 use aws_sdk_dynamodb::Client;
 
 use crate::capacity::backoff::{retry, Attempts, Backoff};
-use crate::capacity::cost::{read_units, write_units};
+use crate::capacity::cost::{read_units, write_units, Consumed};
 use crate::capacity::limiter::Budgets;
 use crate::dynamo::classify::{AwsError, Call, Class};
 use crate::dynamo::value::{item_size, value_size};
@@ -272,58 +272,73 @@ impl Writer {
         read.iter().chain(written).find(|a| !fetched(a)).cloned()
     }
 
+    /// Sends a planned write: conditional, retried, metered, fenced.
     async fn send(&self, key: &Attrs, old: &Attrs, planned: &Planned) -> Result<(), AwsError> {
         let mut attempts = Attempts::default();
         // UpdateItem is billed on the larger of the item before and after.
         let estimate = write_estimate(old, planned);
         let r = match planned {
             Planned::Unchanged => Ok(()),
-            Planned::Update(e) => retry(&self.backoff, &mut attempts, || {
-                let req = self
-                    .client
-                    .update_item()
-                    .table_name(&self.table)
-                    .set_key(Some(key.clone()))
-                    .update_expression(&e.update)
-                    .condition_expression(&e.condition)
-                    .set_expression_attribute_names(Some(e.names.clone()))
-                    .set_expression_attribute_values(non_empty(&e.values))
-                    .return_consumed_capacity(ReturnConsumedCapacity::Total);
-                self.fenced(self.budgets.write.call(
-                    "UpdateItem",
-                    estimate,
-                    |o: &aws_sdk_dynamodb::operation::update_item::UpdateItemOutput| {
-                        o.consumed_capacity().and_then(|c| c.capacity_units())
-                    },
-                    move || async move { req.send().await.map_err(AwsError::from_sdk) },
-                ))
-            })
-            .await
-            .map(|_| ()),
-            Planned::Delete(e) => retry(&self.backoff, &mut attempts, || {
-                let req = self
-                    .client
-                    .delete_item()
-                    .table_name(&self.table)
-                    .set_key(Some(key.clone()))
-                    .condition_expression(&e.condition)
-                    .set_expression_attribute_names(Some(e.names.clone()))
-                    .set_expression_attribute_values(non_empty(&e.values))
-                    .return_consumed_capacity(ReturnConsumedCapacity::Total);
-                self.fenced(self.budgets.write.call(
-                    "DeleteItem",
-                    estimate,
-                    |o: &aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput| {
-                        o.consumed_capacity().and_then(|c| c.capacity_units())
-                    },
-                    move || async move { req.send().await.map_err(AwsError::from_sdk) },
-                ))
-            })
-            .await
-            .map(|_| ()),
+            Planned::Update(e) => {
+                let send = || {
+                    let req = self
+                        .client
+                        .update_item()
+                        .table_name(&self.table)
+                        .set_key(Some(key.clone()))
+                        .update_expression(&e.update)
+                        .condition_expression(&e.condition)
+                        .set_expression_attribute_names(Some(e.names.clone()))
+                        .set_expression_attribute_values(non_empty(&e.values))
+                        .return_consumed_capacity(ReturnConsumedCapacity::Total);
+                    async move { req.send().await.map_err(AwsError::from_sdk) }
+                };
+                self.write("UpdateItem", estimate, &mut attempts, send)
+                    .await
+            }
+            Planned::Delete(e) => {
+                let send = || {
+                    let req = self
+                        .client
+                        .delete_item()
+                        .table_name(&self.table)
+                        .set_key(Some(key.clone()))
+                        .condition_expression(&e.condition)
+                        .set_expression_attribute_names(Some(e.names.clone()))
+                        .set_expression_attribute_values(non_empty(&e.values))
+                        .return_consumed_capacity(ReturnConsumedCapacity::Total);
+                    async move { req.send().await.map_err(AwsError::from_sdk) }
+                };
+                self.write("DeleteItem", estimate, &mut attempts, send)
+                    .await
+            }
         };
         self.count(attempts);
         r
+    }
+
+    /// One data write (`op`), retried on throttles and transient faults,
+    /// charged to the write budget with what it consumed, fenced.
+    async fn write<T, Fut>(
+        &self,
+        op: &'static str,
+        estimate: f64,
+        attempts: &mut Attempts,
+        send: impl Fn() -> Fut,
+    ) -> Result<(), AwsError>
+    where
+        T: Consumed,
+        Fut: std::future::Future<Output = Result<T, AwsError>>,
+    {
+        retry(&self.backoff, attempts, || {
+            self.fenced(
+                self.budgets
+                    .write
+                    .call(op, estimate, Consumed::consumed_units, &send),
+            )
+        })
+        .await
+        .map(|_| ())
     }
 
     /// One write attempt, sent only while the run's lock is provably held.
@@ -398,9 +413,7 @@ impl Writer {
             self.budgets.read.call(
                 "Query",
                 estimate,
-                |o: &aws_sdk_dynamodb::operation::query::QueryOutput| {
-                    o.consumed_capacity().and_then(|c| c.capacity_units())
-                },
+                Consumed::consumed_units,
                 move || async move { req.send().await.map_err(AwsError::from_sdk) },
             )
         })
@@ -429,9 +442,7 @@ impl Writer {
             self.budgets.read.call(
                 "GetItem",
                 estimate,
-                |o: &aws_sdk_dynamodb::operation::get_item::GetItemOutput| {
-                    o.consumed_capacity().and_then(|c| c.capacity_units())
-                },
+                Consumed::consumed_units,
                 move || async move { req.send().await.map_err(AwsError::from_sdk) },
             )
         })

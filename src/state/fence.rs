@@ -181,18 +181,18 @@ pub(crate) async fn put(
         ATTRIBUTE.into(),
         AttributeValue::N(fence.epoch().to_string()),
     );
-    let r = retry(&Backoff::default(), &mut Attempts::default(), || {
+    let epoch = AttributeValue::N(fence.epoch().to_string());
+    let send = || {
         let req = client
             .put_item()
             .table_name(state_table)
             .set_item(Some(item.clone()))
             .condition_expression(CONDITION)
             .expression_attribute_names("#fence", ATTRIBUTE)
-            .expression_attribute_values(":fence", AttributeValue::N(fence.epoch().to_string()));
-        fence.attempt(async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) })
-    })
-    .await;
-    outcome(r, fence, what)
+            .expression_attribute_values(":fence", epoch.clone());
+        async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+    };
+    conditional(fence, what, send).await
 }
 
 /// Deletes one state-table item under `fence`, unless a newer runner wrote it.
@@ -206,21 +206,31 @@ pub(crate) async fn delete(
     fence: &Fence,
     what: &str,
 ) -> Result<()> {
-    let r = retry(&Backoff::default(), &mut Attempts::default(), || {
+    let epoch = AttributeValue::N(fence.epoch().to_string());
+    let send = || {
         let req = client
             .delete_item()
             .table_name(state_table)
             .set_key(Some(key.clone()))
             .condition_expression(CONDITION)
             .expression_attribute_names("#fence", ATTRIBUTE)
-            .expression_attribute_values(":fence", AttributeValue::N(fence.epoch().to_string()));
-        fence.attempt(async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) })
-    })
-    .await;
-    outcome(r, fence, what)
+            .expression_attribute_values(":fence", epoch.clone());
+        async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+    };
+    conditional(fence, what, send).await
 }
 
-fn outcome(r: std::result::Result<(), AwsError>, fence: &Fence, what: &str) -> Result<()> {
+/// Sends one fenced state write (`send` builds and sends it), retried on
+/// throttles and transient faults while the lease is held; a refused
+/// condition means a newer runner wrote the item, and the lock is lost.
+async fn conditional<Fut>(fence: &Fence, what: &str, send: impl Fn() -> Fut) -> Result<()>
+where
+    Fut: std::future::Future<Output = std::result::Result<(), AwsError>>,
+{
+    let r = retry(&Backoff::default(), &mut Attempts::default(), || {
+        fence.attempt(send())
+    })
+    .await;
     match r {
         Ok(()) => Ok(()),
         Err(e) if e.class() == Class::ConditionFailed => {

@@ -11,14 +11,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TableStatus,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use aws_sdk_dynamodb::Client;
 
 use crate::capacity::backoff::{retry, Attempts, Backoff};
 use crate::dynamo::classify::{AwsError, Cause};
+use crate::dynamo::table;
 use crate::dynamo::value::Attrs;
 use crate::error::{Error, Result};
 use crate::state::fence::{self, Fence};
@@ -190,33 +188,7 @@ impl Ledger {
             return self.wait_active().await;
         }
         tracing::info!(table = %self.table, "creating the state table (on-demand billing)");
-        let attr = |n: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(n)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("name and type are set")
-        };
-        let key = |n: &str, t: KeyType| {
-            KeySchemaElement::builder()
-                .attribute_name(n)
-                .key_type(t)
-                .build()
-                .expect("name and type are set")
-        };
-        let r = self
-            .client
-            .create_table()
-            .table_name(&self.table)
-            .attribute_definitions(attr("pk"))
-            .attribute_definitions(attr("sk"))
-            .key_schema(key("pk", KeyType::Hash))
-            .key_schema(key("sk", KeyType::Range))
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await;
-        if let Err(e) = r {
-            let e = AwsError::from_sdk(e);
+        if let Err(e) = table::create_on_demand(&self.client, &self.table, &["pk", "sk"]).await {
             // Another runner created it at the same moment: fine.
             if e.cause() != Cause::ResourceInUse {
                 return Err(Error::aws(
@@ -229,23 +201,11 @@ impl Ledger {
     }
 
     async fn wait_active(&self) -> Result<()> {
-        for _ in 0..600 {
-            let out = self
-                .client
-                .describe_table()
-                .table_name(&self.table)
-                .send()
-                .await
-                .map_err(|e| {
-                    Error::aws(
-                        format!("describing state table {}", self.table),
-                        AwsError::from_sdk(e),
-                    )
-                })?;
-            if out.table.and_then(|t| t.table_status) == Some(TableStatus::Active) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let active = table::wait_active(&self.client, &self.table, Duration::from_secs(60))
+            .await
+            .map_err(|e| Error::aws(format!("describing state table {}", self.table), e))?;
+        if active {
+            return Ok(());
         }
         Err(Error::State {
             table: self.table.clone(),

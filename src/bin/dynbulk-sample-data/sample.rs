@@ -8,16 +8,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-    ScalarAttributeType, TableStatus, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use rand::{Rng, SeedableRng};
 
 use anyhow::{anyhow, bail, Result};
 use dynbulk::capacity::backoff::{retry, Attempts, Backoff};
+use dynbulk::dynamo::table;
 use dynbulk::error::AwsError;
 use dynbulk::migration::Attrs;
 
@@ -123,47 +121,18 @@ fn filler(len: usize, rng: &mut impl Rng) -> String {
 /// # Errors
 /// When the table cannot be created (for instance, it exists).
 pub async fn create_table(client: &Client, table: &str, shape: KeyShape) -> Result<()> {
-    let mut req = client
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest);
-    for (i, k) in shape.keys().iter().enumerate() {
-        req = req
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name(k)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .expect("set"),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name(k)
-                    .key_type(if i == 0 {
-                        KeyType::Hash
-                    } else {
-                        KeyType::Range
-                    })
-                    .build()
-                    .expect("set"),
-            );
-    }
-    req.send()
+    let keys = shape.keys();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    table::create_on_demand(client, table, &keys)
         .await
-        .map_err(|e| anyhow!("creating table {table}: {}", AwsError::from_sdk(e)))?;
-    for _ in 0..600 {
-        let d = client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await
-            .map_err(|e| anyhow!("describing table {table}: {}", AwsError::from_sdk(e)))?;
-        if d.table.and_then(|t| t.table_status) == Some(TableStatus::Active) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        .map_err(|e| anyhow!("creating table {table}: {e}"))?;
+    let active = table::wait_active(client, table, Duration::from_secs(60))
+        .await
+        .map_err(|e| anyhow!("describing table {table}: {e}"))?;
+    if !active {
+        bail!("table {table} did not become ACTIVE");
     }
-    bail!("table {table} did not become ACTIVE")
+    Ok(())
 }
 
 /// Generates `n` items from `seed` and writes them with BatchWriteItem (25 per

@@ -30,9 +30,7 @@ async fn run_through(
         &Plan {
             segments,
             limits,
-            state_table: state.name.clone(),
-            dead_letter: std::env::temp_dir().join(format!("{}.jsonl", unique("dl"))),
-            ..Plan::default()
+            ..test_plan(state)
         },
         CancellationToken::new(),
     )

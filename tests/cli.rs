@@ -6,7 +6,7 @@ mod common;
 use std::process::Output;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::sample::{self, KeyShape};
+use common::sample::KeyShape;
 use common::*;
 
 const MIGRATION: &str = "20241220_add_status_category_fields";
@@ -34,22 +34,10 @@ fn expect_error(args: &[&str], code: i32, needle: &str) -> String {
     stderr
 }
 
-async fn sample_table(prefix: &str, n: u64) -> (TestTable, Vec<Attrs>) {
-    let client = client();
-    let table = TestTable::named(prefix);
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    let items = sample::load(&client, &table.name, KeyShape::Composite, n, 11)
-        .await
-        .unwrap();
-    (table, items)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_a_clear_message_exit_2_and_no_write() {
     let client = client();
-    let (table, _) = sample_table("orders-bad", 300).await;
+    let (table, _) = sample_table("orders-bad", KeyShape::Composite, 300, 11).await;
     let state = TestTable::named("state");
     let before = read_all(&client, &table.name).await;
 
@@ -227,7 +215,7 @@ fn unreachable_endpoint_fails_fast_with_exit_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_writes_nothing_and_predicts_the_real_run() {
     let client = client();
-    let (table, items) = sample_table("orders-dry", 3_000).await;
+    let (table, items) = sample_table("orders-dry", KeyShape::Composite, 3_000, 11).await;
     let state = TestTable::named("state");
     let before = read_all(&client, &table.name).await;
 
@@ -330,7 +318,7 @@ async fn dry_run_writes_nothing_and_predicts_the_real_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item_too_large_to_update_is_dead_lettered_and_exit_is_1() {
     let client = client();
-    let (table, _) = sample_table("orders-big", 200).await;
+    let (table, _) = sample_table("orders-big", KeyShape::Composite, 200, 11).await;
     let state = TestTable::named("state");
     // An item just under DynamoDB's 400 KB limit: adding statusCategory pushes it over.
     let mut big: Attrs = Attrs::new();

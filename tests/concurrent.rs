@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use common::sample::{self, KeyShape, STATUSES};
 use common::*;
 use dynbulk::report::Outcome;
-use dynbulk::run::{self, Limit, Limits, Plan};
+use dynbulk::run::{self, Plan};
 use futures::stream::{self, StreamExt};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -23,13 +23,7 @@ const APP_WRITES: usize = 4_000;
 async fn concurrent_application_writes_are_never_lost() {
     let client = client();
     let state = TestTable::named("state");
-    let table = TestTable::named("orders-live");
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    let items = sample::load(&client, &table.name, KeyShape::Composite, ITEMS, 77)
-        .await
-        .unwrap();
+    let (table, items) = sample_table("orders-live", KeyShape::Composite, ITEMS, 77).await;
 
     // The application's new version: writes status together with the matching
     // statusCategory, plus attributes of its own. Keys are written in a random
@@ -116,13 +110,7 @@ async fn concurrent_application_writes_are_never_lost() {
         &Plan {
             segments: 8,
             page_size: Some(100),
-            state_table: state.name.clone(),
-            dead_letter: std::env::temp_dir().join(format!("{}.jsonl", unique("dl"))),
-            limits: Limits {
-                read: Limit::Unlimited,
-                write: Limit::Unlimited,
-            },
-            ..Plan::default()
+            ..test_plan(&state)
         },
         CancellationToken::new(),
     )

@@ -16,20 +16,14 @@ use common::sample::{self, KeyShape};
 use common::*;
 use dynbulk::migration::{Change, Item, Migration, TransformError, Update};
 use dynbulk::report::Outcome;
-use dynbulk::run::{self, Limit, Limits, Plan};
+use dynbulk::run::{self, Plan};
 use tokio_util::sync::CancellationToken;
 
 fn plan(state: &TestTable) -> Plan {
     Plan {
         segments: 2,
         workers: 2,
-        state_table: state.name.clone(),
-        dead_letter: std::env::temp_dir().join(format!("{}.jsonl", unique("dl"))),
-        limits: Limits {
-            read: Limit::Unlimited,
-            write: Limit::Unlimited,
-        },
-        ..Plan::default()
+        ..test_plan(state)
     }
 }
 

@@ -6,7 +6,7 @@
 mod common;
 mod proxy;
 
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -23,22 +23,7 @@ const LEASE: &str = "5s";
 const HOUR_MS: i64 = 3_600_000;
 
 fn spawn(args: &[&str]) -> Child {
-    dynbulk()
-        .args(args)
-        .env("DYNBULK_LEASE", LEASE)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn output(child: Child) -> (Option<i32>, String, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    spawn_dynbulk(args, &[("DYNBULK_LEASE", LEASE)])
 }
 
 fn run_args<'a>(endpoint: &'a str, table: &'a str, state: &'a str, wcu: &'a str) -> Vec<&'a str> {
@@ -132,6 +117,25 @@ async fn wait_for_checkpoint(state: &str, table: &str, runner: &mut Child) {
     }
 }
 
+/// A proxy in front of the endpoint that makes the holder's wall clock
+/// `skew_ms` off from everyone else's.
+async fn skewed_proxy(table: &str, skew_ms: i64) -> Proxy {
+    let config = Config {
+        clock_skew_ms: skew_ms,
+        ..Config::new(table)
+    };
+    Proxy::start(&endpoint(), config).await
+}
+
+/// The migration's ledger entry on `table`, which must exist.
+async fn ledger_entry(state: &str, table: &str) -> dynbulk::state::ledger::Entry {
+    Ledger::new(client(), state.to_owned())
+        .get(table, MIGRATION)
+        .await
+        .unwrap()
+        .expect("a ledger entry")
+}
+
 fn n(item: &Attrs, name: &str) -> Option<i64> {
     item.get(name)
         .and_then(|v| v.as_n().ok())
@@ -144,14 +148,7 @@ async fn a_live_holder_whose_clock_says_its_lease_expired_is_not_taken_over() {
     let state = TestTable::named("state");
     // The holder's wall clock is an hour behind: every expiry it records is
     // an hour in the past by everyone else's.
-    let behind = Proxy::start(
-        &endpoint(),
-        Config {
-            clock_skew_ms: -HOUR_MS,
-            ..Config::new(&table.name)
-        },
-    )
-    .await;
+    let behind = skewed_proxy(&table.name, -HOUR_MS).await;
     let holder = spawn(&run_args(&behind.url, &table.name, &state.name, "150"));
     let h = wait_for_holder(&state.name, &table.name).await;
     assert!(
@@ -180,11 +177,7 @@ async fn a_live_holder_whose_clock_says_its_lease_expired_is_not_taken_over() {
         "the holder kept its lock and finished\n{stdout}\n{stderr}"
     );
     assert_migrated(&table.name, &items).await;
-    let entry = Ledger::new(client(), state.name.clone())
-        .get(&table.name, MIGRATION)
-        .await
-        .unwrap()
-        .expect("a ledger entry");
+    let entry = ledger_entry(&state.name, &table.name).await;
     assert_eq!(entry.status, Status::Applied);
     assert_eq!(entry.runs, 1, "no second run ever started");
     let lock = lock_item(&state.name, &table.name)
@@ -203,14 +196,7 @@ async fn a_killed_holder_is_taken_over_after_one_observed_lease_period_whatever_
     let state = TestTable::named("state");
     // The holder's wall clock is an hour ahead: the expiry it records stays
     // in the future by everyone else's for an hour after it dies.
-    let ahead = Proxy::start(
-        &endpoint(),
-        Config {
-            clock_skew_ms: HOUR_MS,
-            ..Config::new(&table.name)
-        },
-    )
-    .await;
+    let ahead = skewed_proxy(&table.name, HOUR_MS).await;
     let mut holder = spawn(&run_args(&ahead.url, &table.name, &state.name, "150"));
     wait_for_checkpoint(&state.name, &table.name, &mut holder).await;
     holder.kill().unwrap(); // SIGKILL
@@ -256,11 +242,7 @@ async fn a_killed_holder_is_taken_over_after_one_observed_lease_period_whatever_
         "the dead run is resumed: {stdout}"
     );
     assert_migrated(&table.name, &items).await;
-    let entry = Ledger::new(client(), state.name.clone())
-        .get(&table.name, MIGRATION)
-        .await
-        .unwrap()
-        .expect("a ledger entry");
+    let entry = ledger_entry(&state.name, &table.name).await;
     assert_eq!(entry.status, Status::Applied);
     assert_eq!(entry.runs, 2);
     let lock = lock_item(&state.name, &table.name)

@@ -68,9 +68,7 @@ async fn items_held_stay_within_the_inflight_budget_when_writes_are_slower_than_
                 read: Limit::Unlimited,
                 write: Limit::Units(300.0),
             },
-            state_table: state.name.clone(),
-            dead_letter: std::env::temp_dir().join(format!("{}.jsonl", unique("dl"))),
-            ..Plan::default()
+            ..test_plan(&state)
         },
         CancellationToken::new(),
     )

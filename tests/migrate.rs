@@ -11,7 +11,7 @@ use common::sample::{self, KeyShape};
 use common::*;
 use dynbulk::migration::{Change, Item, Migration, TransformError, Update};
 use dynbulk::report::Outcome;
-use dynbulk::run::{self, Limit, Limits, Plan};
+use dynbulk::run::{self, Plan};
 use tokio_util::sync::CancellationToken;
 
 const ITEMS: u64 = 20_000;
@@ -20,13 +20,8 @@ fn plan(segments: u32, state: &TestTable) -> Plan {
     let dir = std::env::temp_dir();
     Plan {
         segments,
-        state_table: state.name.clone(),
         dead_letter: dir.join(format!("{}.jsonl", unique("dl"))),
-        limits: Limits {
-            read: Limit::Unlimited,
-            write: Limit::Unlimited,
-        },
-        ..Plan::default()
+        ..test_plan(state)
     }
 }
 
@@ -37,13 +32,7 @@ async fn segments_give_identical_correct_tables(shape: KeyShape) {
     let mut expected = BTreeMap::new();
     let mut tables = Vec::new();
     for segments in [1, 4, 16] {
-        let table = TestTable::named(&format!("orders-s{segments}"));
-        sample::create_table(&client, &table.name, shape)
-            .await
-            .unwrap();
-        let items = sample::load(&client, &table.name, shape, ITEMS, 42)
-            .await
-            .unwrap();
+        let (table, items) = sample_table(&format!("orders-s{segments}"), shape, ITEMS, 42).await;
         if expected.is_empty() {
             expected = items
                 .iter()
@@ -139,13 +128,7 @@ async fn example_migration_hash_key_1_4_16_segments_identical_and_idempotent() {
 async fn completed_migration_is_not_run_again_without_rerun() {
     let client = client();
     let state = TestTable::named("state");
-    let table = TestTable::named("orders");
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    sample::load(&client, &table.name, KeyShape::Composite, 500, 3)
-        .await
-        .unwrap();
+    let (table, _) = sample_table("orders", KeyShape::Composite, 500, 3).await;
     let first = run::run(
         &client,
         Arc::new(StatusCategory),
@@ -247,13 +230,7 @@ impl Migration for TypedCleanup {
 async fn typed_migration_deletes_updates_and_dead_letters_per_item_failures() {
     let client = client();
     let state = TestTable::named("state");
-    let table = TestTable::named("orders-typed");
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    let items = sample::load(&client, &table.name, KeyShape::Composite, 2_000, 9)
-        .await
-        .unwrap();
+    let (table, items) = sample_table("orders-typed", KeyShape::Composite, 2_000, 9).await;
     let p = plan(4, &state);
     let result = run::run(
         &client,
@@ -324,13 +301,7 @@ async fn typed_migration_deletes_updates_and_dead_letters_per_item_failures() {
 async fn error_budget_stops_the_run_cleanly() {
     let client = client();
     let state = TestTable::named("state");
-    let table = TestTable::named("orders-budget");
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    sample::load(&client, &table.name, KeyShape::Composite, 3_000, 5)
-        .await
-        .unwrap();
+    let (table, _) = sample_table("orders-budget", KeyShape::Composite, 3_000, 5).await;
     let p = Plan {
         max_errors: Some(10),
         workers: 1,
@@ -389,13 +360,7 @@ impl Migration for Projected {
 async fn projected_scan_writes_correctly_or_refuses_attributes_it_did_not_fetch() {
     let client = client();
     let state = TestTable::named("state");
-    let table = TestTable::named("orders-projected");
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    let items = sample::load(&client, &table.name, KeyShape::Composite, 1_000, 12)
-        .await
-        .unwrap();
+    let (table, items) = sample_table("orders-projected", KeyShape::Composite, 1_000, 12).await;
     let before = read_all(&client, &table.name).await;
 
     // statusCategory is written but not fetched: refused per item, nothing written.

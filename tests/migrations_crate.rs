@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use common::sample::{self, KeyShape};
+use common::sample::KeyShape;
 use common::*;
 use dynbulk::state::ledger::{Ledger, Status};
 
@@ -121,14 +121,8 @@ async fn a_scaffolded_crate_adds_builds_and_runs_its_own_migration() {
     let bin = build(&dir, "team-migrations");
 
     let client = client();
-    let table = TestTable::named("crate-orders");
+    let (table, items) = sample_table("crate-orders", KeyShape::Composite, 400, 21).await;
     let state = TestTable::named("state");
-    sample::create_table(&client, &table.name, KeyShape::Composite)
-        .await
-        .unwrap();
-    let items = sample::load(&client, &table.name, KeyShape::Composite, 400, 21)
-        .await
-        .unwrap();
     let out = program(&bin)
         .args(["run", "--migration", &id, "--table", &table.name])
         .args([
@@ -264,13 +258,7 @@ async fn the_example_crate_and_the_stock_binary_migrate_alike() {
     let state = TestTable::named("state");
     let mut tables = Vec::new();
     for prefix in ["stock-orders", "example-orders"] {
-        let table = TestTable::named(prefix);
-        sample::create_table(&client, &table.name, KeyShape::Composite)
-            .await
-            .unwrap();
-        let items = sample::load(&client, &table.name, KeyShape::Composite, 1_500, 8)
-            .await
-            .unwrap();
+        let (table, items) = sample_table(prefix, KeyShape::Composite, 1_500, 8).await;
         tables.push((table, items));
     }
     let (stock_table, items) = &tables[0];

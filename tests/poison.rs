@@ -19,7 +19,7 @@ use common::*;
 use dynbulk::capacity::backoff::Backoff;
 use dynbulk::migration::{Change, Item, Migration, TransformError, Update};
 use dynbulk::report::Outcome;
-use dynbulk::run::{self, Limit, Limits, Plan};
+use dynbulk::run::{self, Plan};
 use proxy::{Config, KeyFault, Proxy};
 use tokio_util::sync::CancellationToken;
 
@@ -32,19 +32,14 @@ fn plan(state: &TestTable, dead_letter: &Path) -> Plan {
         workers: 2,
         item_concurrency: 4,
         page_size: Some(10),
-        state_table: state.name.clone(),
         dead_letter: dead_letter.to_owned(),
-        limits: Limits {
-            read: Limit::Unlimited,
-            write: Limit::Unlimited,
-        },
         // Short delays: retries are what is tested, not their length.
         backoff: Backoff {
             base: Duration::from_millis(1),
             cap: Duration::from_millis(20),
             ..Backoff::default()
         },
-        ..Plan::default()
+        ..test_plan(state)
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 mod proxy;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -17,21 +17,7 @@ use rand::{Rng, SeedableRng};
 const MIGRATION: &str = "20241220_add_status_category_fields";
 
 fn spawn(args: &[&str]) -> Child {
-    dynbulk()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn output(child: Child) -> (Option<i32>, String, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    spawn_dynbulk(args, &[])
 }
 
 fn signal(child: &Child, sig: &str) {

@@ -14,7 +14,7 @@ use common::sample::{self, KeyShape};
 use common::*;
 use dynbulk::migration::{Change, Item, Migration, SchemaStep, TransformError};
 use dynbulk::report::{Outcome, Report};
-use dynbulk::run::{self, Failure, Limit, Limits, Plan};
+use dynbulk::run::{self, Failure, Plan};
 use dynbulk::state::ledger::{Ledger, Status};
 use proxy::{Config, Proxy, Stats};
 use tokio_util::sync::CancellationToken;
@@ -104,13 +104,7 @@ async fn table_active(table: &str) -> bool {
 fn plan(state: &TestTable) -> Plan {
     Plan {
         segments: 2,
-        limits: Limits {
-            read: Limit::Unlimited,
-            write: Limit::Unlimited,
-        },
-        state_table: state.name.clone(),
-        dead_letter: std::env::temp_dir().join(format!("{}.jsonl", unique("dl"))),
-        ..Plan::default()
+        ..test_plan(state)
     }
 }
 

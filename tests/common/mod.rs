@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
+use dynbulk::run::{Limit, Limits, Plan};
 use rand::Rng;
 
 #[path = "../../src/bin/dynbulk-sample-data/sample.rs"]
@@ -18,6 +20,28 @@ mod status_category;
 pub use status_category::StatusCategory;
 
 pub type Attrs = HashMap<String, AttributeValue>;
+
+/// No capacity limit in either direction.
+pub const UNLIMITED: Limits = Limits {
+    read: Limit::Unlimited,
+    write: Limit::Unlimited,
+};
+
+/// A fresh dead-letter file name in the temp directory.
+pub fn dead_letter_file() -> PathBuf {
+    std::env::temp_dir().join(format!("{}.jsonl", unique("dl")))
+}
+
+/// A test run's plan: state in `state`, a fresh dead-letter file, no capacity
+/// limit; a test sets what it is about with `..test_plan(&state)`.
+pub fn test_plan(state: &TestTable) -> Plan {
+    Plan {
+        state_table: state.name.clone(),
+        dead_letter: dead_letter_file(),
+        limits: UNLIMITED,
+        ..Plan::default()
+    }
+}
 
 /// The DynamoDB endpoint under test. `scripts/test.sh` starts dynalite and sets
 /// it; point it at DynamoDB Local (docker-compose.yml) or any other endpoint to
@@ -178,6 +202,25 @@ pub fn expected_after_example(before: &Attrs) -> Attrs {
 
 /// A new table of `n` generated orders whose notes are 400-800 bytes, so each
 /// write costs one WCU and unit charges are fine-grained against limits.
+/// A new table of `shape` holding the `n` sample orders generated from `seed`
+/// (written with BatchWriteItem), and those items.
+pub async fn sample_table(
+    prefix: &str,
+    shape: sample::KeyShape,
+    n: u64,
+    seed: u64,
+) -> (TestTable, Vec<Attrs>) {
+    let client = client();
+    let table = TestTable::named(prefix);
+    sample::create_table(&client, &table.name, shape)
+        .await
+        .unwrap();
+    let items = sample::load(&client, &table.name, shape, n, seed)
+        .await
+        .unwrap();
+    (table, items)
+}
+
 pub async fn small_items_table(prefix: &str, n: u64, seed: u64) -> (TestTable, Vec<Attrs>) {
     use rand::SeedableRng;
     let client = client();
@@ -227,4 +270,26 @@ pub fn count(output: &str, label: &str) -> u64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// Starts the real binary with `args` and `env`, its output captured.
+pub fn spawn_dynbulk(args: &[&str], env: &[(&str, &str)]) -> Child {
+    dynbulk()
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a child started with captured output: exit code (`None` when
+/// killed), stdout, stderr.
+pub fn output(child: Child) -> (Option<i32>, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -14,8 +14,10 @@
 //!
 //! # Layout
 //!
-//! Imports point one way, down this list: the command line drives runs, a run
-//! drives the pipeline, state and capacity, and those talk to DynamoDB.
+//! The folders stack: the command line (`cli`) drives runs (`run`), a run drives
+//! the `pipeline`, `state` and `capacity`, and those talk to DynamoDB through
+//! `dynamo`; the migration API and the plain types (`report`, `error`, `util`)
+//! are used at every level. Imports point down that stack, with no circles.
 //!
 //! - [`prelude`]: what a migrations crate imports.
 //! - [`migration`]: the `Migration` trait, `Item` (read-tracking), `Change`, `Update`, `Number`.
@@ -23,8 +25,10 @@
 //! - [`cli`]: `run_cli`, the command line as a library call: clap argument groups,
 //!   their validation into a [`run::Plan`], dispatch of each command, the progress
 //!   display, `status`, and the scaffolds of `init --rust` and `new`.
-//! - [`run`]: one migration's run (orchestration): the `Plan`, the ledger, the lock,
-//!   checkpoints, the schema step, the pipeline, the outcome.
+//! - [`run`]: one migration's run (orchestration): the `Plan` and the prepared plan,
+//!   resume or start, one attempt's steps (ledger, lock, schema step, data step,
+//!   record of the end), the pipeline's tasks, and the pure decisions (limits,
+//!   resume, outcome).
 //! - [`script`]: TypeScript/JavaScript migrations from the migrations folder, loaded
 //!   at start-up and run beside the Rust ones on sandboxed QuickJS engines (one per
 //!   script thread); TypeScript is type-stripped in-process.

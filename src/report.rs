@@ -231,6 +231,9 @@ pub struct Capacity {
     pub page_size: Option<i32>,
 }
 
+/// The printed report, one line per fact in the order shown. One function on
+/// purpose (about 115 lines): it reads as the output it prints, and splitting
+/// it would scatter that layout over helpers.
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let c = &self.counts;

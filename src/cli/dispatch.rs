@@ -145,44 +145,13 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
         crate::metrics::install(addr)?;
         eprintln!("serving Prometheus metrics at http://{addr}/metrics");
     }
-    let chosen = selected(migrations, args.migration.as_deref())?;
-    // Resolve every target table before touching anything.
-    let mut targets = Vec::new();
-    for m in chosen {
-        let table = args
-            .table
-            .clone()
-            .or_else(|| m.table().map(str::to_owned))
-            .ok_or_else(|| anyhow!("migration {} names no table; pass --table NAME", m.id()))?;
-        targets.push((m, table));
-    }
+    let targets = targets(&args, migrations)?;
     let client = client::build(&args.connection.connection())
         .await
         .map_err(|e| anyhow!(e))?;
-    let endpoint = args
-        .connection
-        .endpoint_url
-        .clone()
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL_DYNAMODB").ok())
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-        .map(|e| format!(" at {e}"))
-        .unwrap_or_default();
-
+    let endpoint = endpoint_note(&args);
     let shutdown = CancellationToken::new();
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            eprintln!(
-                "interrupt received: no new scans; finishing in-flight writes and saving checkpoints \
-                 (interrupt again to stop at once: checkpoints stay consistent)"
-            );
-            shutdown.cancel();
-            wait_for_signal().await;
-            eprintln!("second interrupt: stopping now; run the same command again to resume");
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
-        });
-    }
+    stop_on_signals(shutdown.clone());
     if plan.dry_run {
         println!("DRY RUN: no write of any kind will be sent");
     }
@@ -195,17 +164,7 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
             .with_context(context)?;
         print!("{prepared}");
         if plan.restart && !plan.dry_run {
-            let what = match (&prepared.existing, &prepared.unreadable_state) {
-                (Some(existing), _) => Some(format!(
-                    "the checkpoints of the unfinished run of {id} on {table} ({}/{} segments done, {} items processed)",
-                    existing.segments_done(),
-                    existing.total_segments,
-                    existing.counts.scanned
-                )),
-                (None, Some(problem)) => Some(format!("the unreadable run state of {id} on {table} ({problem})")),
-                (None, None) => None,
-            };
-            if let Some(what) = what {
+            if let Some(what) = discarded_by_restart(&prepared) {
                 confirm_restart(&args, &what)?;
             }
         }
@@ -247,6 +206,69 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
     }
     hold_metrics(&args).await;
     Ok(code)
+}
+
+/// The migrations to run, each with its table: resolved before anything is
+/// touched.
+fn targets(
+    args: &RunArgs,
+    migrations: &[Arc<dyn Migration>],
+) -> anyhow::Result<Vec<(Arc<dyn Migration>, String)>> {
+    selected(migrations, args.migration.as_deref())?
+        .into_iter()
+        .map(|m| {
+            let table = args
+                .table
+                .clone()
+                .or_else(|| m.table().map(str::to_owned))
+                .ok_or_else(|| anyhow!("migration {} names no table; pass --table NAME", m.id()))?;
+            Ok((m, table))
+        })
+        .collect()
+}
+
+/// " at <endpoint>" for error messages, when one is configured.
+fn endpoint_note(args: &RunArgs) -> String {
+    args.connection
+        .endpoint_url
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL_DYNAMODB").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .map(|e| format!(" at {e}"))
+        .unwrap_or_default()
+}
+
+/// The first interrupt (Ctrl-C or SIGTERM) cancels `shutdown`: no new scans,
+/// in-flight writes finish, checkpoints are saved. The second exits at once.
+fn stop_on_signals(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        eprintln!(
+            "interrupt received: no new scans; finishing in-flight writes and saving checkpoints \
+             (interrupt again to stop at once: checkpoints stay consistent)"
+        );
+        shutdown.cancel();
+        wait_for_signal().await;
+        eprintln!("second interrupt: stopping now; run the same command again to resume");
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    });
+}
+
+/// What `--restart` would throw away, if anything, for the operator to confirm.
+fn discarded_by_restart(prepared: &run::Prepared) -> Option<String> {
+    let (id, table) = (prepared.migration.id(), &prepared.table.name);
+    match (&prepared.existing, &prepared.unreadable_state) {
+        (Some(existing), _) => Some(format!(
+            "the checkpoints of the unfinished run of {id} on {table} ({}/{} segments done, {} items processed)",
+            existing.segments_done(),
+            existing.total_segments,
+            existing.counts.scanned
+        )),
+        (None, Some(problem)) => Some(format!(
+            "the unreadable run state of {id} on {table} ({problem})"
+        )),
+        (None, None) => None,
+    }
 }
 
 /// Keeps the process (and its /metrics endpoint) alive for `--metrics-hold`.

@@ -55,49 +55,7 @@ pub async fn apply(
 ) -> Result<String> {
     match step {
         SchemaStep::EnableTtl { attribute } => {
-            let out = client
-                .describe_time_to_live()
-                .table_name(table_name)
-                .send()
-                .await
-                .map_err(|e| {
-                    Error::aws(
-                        format!("reading TTL settings of table {table_name}"),
-                        AwsError::from_sdk(e),
-                    )
-                })?;
-            let current = out.time_to_live_description();
-            let on = current
-                .and_then(|d| d.time_to_live_status())
-                .map(|s| matches!(s.as_str(), "ENABLED" | "ENABLING"))
-                .unwrap_or(false);
-            if on && current.and_then(|d| d.attribute_name()) == Some(attribute.as_str()) {
-                return Ok(format!("TTL on {attribute} already enabled"));
-            }
-            if dry_run {
-                return Ok(format!("would enable TTL on {attribute}"));
-            }
-            if shutdown.is_cancelled() {
-                return Ok(format!("interrupted before enabling TTL on {attribute}"));
-            }
-            let spec = TimeToLiveSpecification::builder()
-                .enabled(true)
-                .attribute_name(attribute)
-                .build()
-                .expect("fields are set");
-            client
-                .update_time_to_live()
-                .table_name(table_name)
-                .time_to_live_specification(spec)
-                .send()
-                .await
-                .map_err(|e| {
-                    Error::aws(
-                        format!("enabling TTL on table {table_name}"),
-                        AwsError::from_sdk(e),
-                    )
-                })?;
-            Ok(format!("enabled TTL on {attribute}"))
+            enable_ttl(client, table_name, attribute, dry_run, shutdown).await
         }
         SchemaStep::AddGlobalSecondaryIndex {
             name,
@@ -120,90 +78,165 @@ pub async fn apply(
             if let Some(r) = range_key {
                 keys.push((r.clone(), KeyType::Range));
             }
-            let mut create = CreateGlobalSecondaryIndexAction::builder()
-                .index_name(name)
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                );
-            for (k, t) in &keys {
-                create = create.key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name(k)
-                        .key_type(t.clone())
-                        .build()
-                        .expect("name and type are set"),
-                );
-            }
-            if !info.on_demand {
-                create = create.provisioned_throughput(
-                    aws_sdk_dynamodb::types::ProvisionedThroughput::builder()
-                        .read_capacity_units(info.read_capacity.unwrap_or(5))
-                        .write_capacity_units(info.write_capacity.unwrap_or(5))
-                        .build()
-                        .expect("both units are set"),
-                );
-            }
-            let create = create.build().expect("name, keys and projection are set");
-            let mut req = client
-                .update_table()
-                .table_name(table_name)
-                .global_secondary_index_updates(
-                    GlobalSecondaryIndexUpdate::builder().create(create).build(),
-                );
-            for (k, _) in &keys {
-                req = req.attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name(k)
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()
-                        .expect("set"),
-                );
-            }
-            req.send().await.map_err(|e| {
+            add_index(client, &info, name, &keys).await?;
+            wait_for_index(client, table_name, name, shutdown).await
+        }
+    }
+}
+
+/// Turns TTL on for `attribute` unless it already is.
+async fn enable_ttl(
+    client: &Client,
+    table_name: &str,
+    attribute: &str,
+    dry_run: bool,
+    shutdown: &CancellationToken,
+) -> Result<String> {
+    let out = client
+        .describe_time_to_live()
+        .table_name(table_name)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::aws(
+                format!("reading TTL settings of table {table_name}"),
+                AwsError::from_sdk(e),
+            )
+        })?;
+    let current = out.time_to_live_description();
+    let on = current
+        .and_then(|d| d.time_to_live_status())
+        .map(|s| matches!(s.as_str(), "ENABLED" | "ENABLING"))
+        .unwrap_or(false);
+    if on && current.and_then(|d| d.attribute_name()) == Some(attribute) {
+        return Ok(format!("TTL on {attribute} already enabled"));
+    }
+    if dry_run {
+        return Ok(format!("would enable TTL on {attribute}"));
+    }
+    if shutdown.is_cancelled() {
+        return Ok(format!("interrupted before enabling TTL on {attribute}"));
+    }
+    let spec = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(attribute)
+        .build()
+        .expect("fields are set");
+    client
+        .update_time_to_live()
+        .table_name(table_name)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::aws(
+                format!("enabling TTL on table {table_name}"),
+                AwsError::from_sdk(e),
+            )
+        })?;
+    Ok(format!("enabled TTL on {attribute}"))
+}
+
+/// Asks DynamoDB to add the index `name` (string keys, projection ALL; on a
+/// provisioned table with the table's capacity).
+async fn add_index(
+    client: &Client,
+    info: &table::TableInfo,
+    name: &str,
+    keys: &[(String, KeyType)],
+) -> Result<()> {
+    let mut create = CreateGlobalSecondaryIndexAction::builder()
+        .index_name(name)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        );
+    for (k, t) in keys {
+        create = create.key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(k)
+                .key_type(t.clone())
+                .build()
+                .expect("name and type are set"),
+        );
+    }
+    if !info.on_demand {
+        create = create.provisioned_throughput(
+            aws_sdk_dynamodb::types::ProvisionedThroughput::builder()
+                .read_capacity_units(info.read_capacity.unwrap_or(5))
+                .write_capacity_units(info.write_capacity.unwrap_or(5))
+                .build()
+                .expect("both units are set"),
+        );
+    }
+    let create = create.build().expect("name, keys and projection are set");
+    let mut req = client
+        .update_table()
+        .table_name(&info.name)
+        .global_secondary_index_updates(
+            GlobalSecondaryIndexUpdate::builder().create(create).build(),
+        );
+    for (k, _) in keys {
+        req = req.attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(k)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("set"),
+        );
+    }
+    req.send().await.map_err(|e| {
+        Error::aws(
+            format!("adding index {name} to table {}", info.name),
+            AwsError::from_sdk(e),
+        )
+    })?;
+    Ok(())
+}
+
+/// Waits (up to an hour) until the new index is ACTIVE, or until `shutdown`.
+async fn wait_for_index(
+    client: &Client,
+    table_name: &str,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Result<String> {
+    for _ in 0..3600 {
+        let out = client
+            .describe_table()
+            .table_name(table_name)
+            .send()
+            .await
+            .map_err(|e| {
                 Error::aws(
-                    format!("adding index {name} to table {table_name}"),
+                    format!("describing table {table_name}"),
                     AwsError::from_sdk(e),
                 )
             })?;
-            for _ in 0..3600 {
-                let out = client
-                    .describe_table()
-                    .table_name(table_name)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        Error::aws(
-                            format!("describing table {table_name}"),
-                            AwsError::from_sdk(e),
-                        )
-                    })?;
-                let active = out
-                    .table
-                    .map(|t| {
-                        t.global_secondary_indexes().iter().any(|g| {
-                            g.index_name() == Some(name.as_str())
-                                && g.index_status().map(|s| s.as_str()) == Some("ACTIVE")
-                        })
-                    })
-                    .unwrap_or(false);
-                if active {
-                    return Ok(format!("added global secondary index {name}"));
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => {
-                        return Ok(format!(
-                            "interrupted while DynamoDB builds global secondary index {name}; \
-                             the next run waits for it"
-                        ));
-                    }
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+        let active = out
+            .table
+            .map(|t| {
+                t.global_secondary_indexes().iter().any(|g| {
+                    g.index_name() == Some(name)
+                        && g.index_status().map(|s| s.as_str()) == Some("ACTIVE")
+                })
+            })
+            .unwrap_or(false);
+        if active {
+            return Ok(format!("added global secondary index {name}"));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                return Ok(format!(
+                    "interrupted while DynamoDB builds global secondary index {name}; \
+                     the next run waits for it"
+                ));
             }
-            Err(Error::Timeout(format!(
-                "index {name} on table {table_name} did not become ACTIVE within an hour; run again once it is"
-            )))
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+    Err(Error::Timeout(format!(
+        "index {name} on table {table_name} did not become ACTIVE within an hour; run again once it is"
+    )))
 }

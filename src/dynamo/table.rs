@@ -126,6 +126,29 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableInfo> {
     let write_capacity = throughput
         .and_then(|t| t.write_capacity_units())
         .filter(|c| *c > 0);
+    let index_keys = index_keys(&desc);
+    Ok(TableInfo {
+        name: table.to_owned(),
+        keys: keys.into_iter().map(|(_, n)| n).collect(),
+        item_count: desc.item_count().unwrap_or(0).max(0) as u64,
+        size_bytes: desc.table_size_bytes().unwrap_or(0).max(0) as u64,
+        on_demand: on_demand || (read_capacity.is_none() && write_capacity.is_none()),
+        read_capacity,
+        write_capacity,
+        status: desc.table_status().cloned(),
+        table_id: desc.table_id().map(str::to_owned),
+        indexes: desc
+            .global_secondary_indexes()
+            .iter()
+            .filter_map(|g| g.index_name().map(str::to_owned))
+            .collect(),
+        index_keys,
+    })
+}
+
+/// The key attributes of every global and local secondary index, with the
+/// type AttributeDefinitions declares for them.
+fn index_keys(desc: &aws_sdk_dynamodb::types::TableDescription) -> Vec<IndexKey> {
     let declared = |name: &str| {
         desc.attribute_definitions()
             .iter()
@@ -154,23 +177,7 @@ pub async fn describe(client: &Client, table: &str) -> Result<TableInfo> {
         let name = l.index_name().unwrap_or_default();
         index_keys.extend(l.key_schema().iter().filter_map(|k| index_key(name, k)));
     }
-    Ok(TableInfo {
-        name: table.to_owned(),
-        keys: keys.into_iter().map(|(_, n)| n).collect(),
-        item_count: desc.item_count().unwrap_or(0).max(0) as u64,
-        size_bytes: desc.table_size_bytes().unwrap_or(0).max(0) as u64,
-        on_demand: on_demand || (read_capacity.is_none() && write_capacity.is_none()),
-        read_capacity,
-        write_capacity,
-        status: desc.table_status().cloned(),
-        table_id: desc.table_id().map(str::to_owned),
-        indexes: desc
-            .global_secondary_indexes()
-            .iter()
-            .filter_map(|g| g.index_name().map(str::to_owned))
-            .collect(),
-        index_keys,
-    })
+    index_keys
 }
 
 /// Creates an on-demand table whose key attributes are strings: `keys[0]` the

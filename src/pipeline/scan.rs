@@ -87,6 +87,11 @@ impl Scanner {
     }
 }
 
+/// Scans one segment from `start` to its end (or until `cancel`), page by
+/// page: reserve in-flight bytes, take read capacity, Scan (retried), size
+/// the next page from what came back, send the page on. One loop on purpose
+/// (about 115 lines): the start key, the cost estimate, the item-size average
+/// and the reservation carry from one page to the next.
 async fn scan_segment(
     scanner: &Scanner,
     segment: u32,

@@ -68,7 +68,7 @@ impl From<Error> for Failure {
 }
 
 /// Runs `migration` on `table`. `shutdown` stops it gracefully: no new scans,
-/// in-flight pages finish; the report then says [`Outcome::Stopped`].
+/// in-flight pages finish; the report then says [`Outcome::Stopped`](crate::report::Outcome::Stopped).
 ///
 /// # Errors
 /// A [`Failure`] when the run cannot start (missing table, bad state table) or

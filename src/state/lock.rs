@@ -277,6 +277,11 @@ enum Expect<'a> {
 ///
 /// # Errors
 /// [`Error::Locked`] naming the holder when another live runner has it.
+///
+/// A state machine over what the lock item holds (free, ours, a live holder,
+/// a holder seen unchanged for a lease, a provably dead one on this machine),
+/// kept in one function (about 85 lines) so that every transition and its
+/// wait is visible in one place.
 pub async fn acquire(
     client: &Client,
     state_table: &str,
@@ -373,6 +378,10 @@ fn busy(h: &Holder, table: &str, migration: &str) -> Error {
 
 /// One conditional write that makes us the holder, if what it expects is
 /// still there; `None` when it is not.
+///
+/// One function (about 110 lines) on purpose: the condition it writes and the
+/// holder fields it sets are the lock's protocol (epoch +1, token, heartbeat
+/// counter, boot id and pid namespace) and must be read together.
 async fn claim(
     client: &Client,
     state_table: &str,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use tokio_util::sync::CancellationToken;
 
-use super::progress;
+use super::{progress, signal};
 use super::{scaffold, status};
 use super::{Cli, Command, InitArgs, LogFormat, RunArgs, StatusArgs};
 use crate::dynamo::client;
@@ -141,7 +141,7 @@ fn selected(
 
 async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow::Result<u8> {
     let plan = args.plan();
-    if let Some(addr) = args.metrics_addr {
+    if let Some(addr) = args.observability.metrics_addr {
         crate::metrics::install(addr)?;
         eprintln!("serving Prometheus metrics at http://{addr}/metrics");
     }
@@ -151,7 +151,7 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
         .map_err(|e| anyhow!(e))?;
     let endpoint = endpoint_note(&args);
     let shutdown = CancellationToken::new();
-    stop_on_signals(shutdown.clone());
+    signal::stop_on_signals(shutdown.clone(), EXIT_INTERRUPTED);
     if plan.dry_run {
         println!("DRY RUN: no write of any kind will be sent");
     }
@@ -168,7 +168,7 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
                 confirm_restart(&args, &what)?;
             }
         }
-        let (display, observer) = progress::Display::start(args.progress, &id);
+        let (display, observer) = progress::Display::start(args.observability.progress, &id);
         let result = run::execute(&client, &prepared, shutdown.clone(), observer).await;
         display.finish();
         match result {
@@ -238,22 +238,6 @@ fn endpoint_note(args: &RunArgs) -> String {
         .unwrap_or_default()
 }
 
-/// The first interrupt (Ctrl-C or SIGTERM) cancels `shutdown`: no new scans,
-/// in-flight writes finish, checkpoints are saved. The second exits at once.
-fn stop_on_signals(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        eprintln!(
-            "interrupt received: no new scans; finishing in-flight writes and saving checkpoints \
-             (interrupt again to stop at once: checkpoints stay consistent)"
-        );
-        shutdown.cancel();
-        wait_for_signal().await;
-        eprintln!("second interrupt: stopping now; run the same command again to resume");
-        std::process::exit(i32::from(EXIT_INTERRUPTED));
-    });
-}
-
 /// What `--restart` would throw away, if anything, for the operator to confirm.
 fn discarded_by_restart(prepared: &run::Prepared) -> Option<String> {
     let (id, table) = (prepared.migration.id(), &prepared.table.name);
@@ -273,8 +257,11 @@ fn discarded_by_restart(prepared: &run::Prepared) -> Option<String> {
 
 /// Keeps the process (and its /metrics endpoint) alive for `--metrics-hold`.
 async fn hold_metrics(args: &RunArgs) {
-    if args.metrics_addr.is_some() && args.metrics_hold > 0 {
-        tokio::time::sleep(std::time::Duration::from_secs(args.metrics_hold)).await;
+    if args.observability.metrics_addr.is_some() && args.observability.metrics_hold > 0 {
+        tokio::time::sleep(std::time::Duration::from_secs(
+            args.observability.metrics_hold,
+        ))
+        .await;
     }
 }
 
@@ -307,26 +294,4 @@ async fn status_command(args: StatusArgs, migrations: &[Arc<dyn Migration>]) -> 
     let rows = status::collect(&client, &ledger, migrations, args.table.as_deref()).await?;
     print!("{}", status::render(&rows));
     Ok(0)
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

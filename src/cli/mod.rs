@@ -8,6 +8,16 @@
 //! This module is the command line's front end, so unlike the engine it
 //! prints for the user (reports, progress) and, on a second interrupt,
 //! exits the process at once.
+//!
+//! - this file: the clap definitions, `run`'s flags in groups flattened into
+//!   it (connection, state, throughput, capacity, observability, errors), and
+//!   their validation into a [`Plan`].
+//! - `dispatch`: each command carried out, and its exit code.
+//! - `plan`: the plan `run` prints before it starts.
+//! - `progress`: the progress bar or log line.
+//! - `signal`: Ctrl-C and SIGTERM.
+//! - `status`: the `status` listing.
+//! - `scaffold`: `init --rust` (a migrations crate) and `new` (a migration file).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +33,7 @@ mod dispatch;
 mod plan;
 mod progress;
 mod scaffold;
+mod signal;
 mod status;
 
 /// Runs the whole dynbulk command line (`run`, `status`, `list`, `new`, with
@@ -293,6 +304,26 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub version_attribute: Option<String>,
 
+    /// Throughput.
+    #[command(flatten)]
+    pub throughput: ThroughputArgs,
+    /// Capacity.
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+    /// Observability.
+    #[command(flatten)]
+    pub observability: ObservabilityArgs,
+    /// Errors.
+    #[command(flatten)]
+    pub errors: ErrorArgs,
+    /// The run's lock lease (for tests: a few seconds keeps takeover tests short).
+    #[arg(long, hide = true, env = "DYNBULK_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub lease: std::time::Duration,
+}
+
+/// How much runs at once: segments, workers, items per worker, page size.
+#[derive(Debug, Clone, Args)]
+pub struct ThroughputArgs {
     /// Parallel scan segments (DynamoDB TotalSegments), 1 to 1000000.
     #[arg(long, default_value_t = 4, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Throughput")]
     pub segments: u32,
@@ -302,6 +333,14 @@ pub struct RunArgs {
     /// Items of a page each worker writes at once, 1 to 256.
     #[arg(long, allow_negative_numbers = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), help_heading = "Throughput")]
     pub item_concurrency: u16,
+    /// Scan page size (Limit), 1 to 10000; default: derived from --rcu-limit and the item size.
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Throughput")]
+    pub page_size: Option<u32>,
+}
+
+/// The capacity a run may consume.
+#[derive(Debug, Clone, Args)]
+pub struct CapacityArgs {
     /// Read capacity units per second the run may consume (ConsumedCapacity).
     /// Default: half of a provisioned table's read capacity; required for on-demand tables.
     #[arg(long, value_name = "RCU", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10_000_000), help_heading = "Capacity")]
@@ -313,11 +352,11 @@ pub struct RunArgs {
     /// No capacity limits at all: only for local endpoints and tables no one else uses.
     #[arg(long, conflicts_with_all = ["rcu_limit", "wcu_limit"], help_heading = "Capacity")]
     pub unlimited: bool,
+}
 
-    /// Scan page size (Limit), 1 to 10000; default: derived from --rcu-limit and the item size.
-    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=10_000), help_heading = "Throughput")]
-    pub page_size: Option<u32>,
-
+/// Metrics and the progress display.
+#[derive(Debug, Clone, Args)]
+pub struct ObservabilityArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464 (off unless given;
     /// use a loopback address unless the network in between is trusted).
     #[arg(long, value_name = "ADDR", help_heading = "Observability")]
@@ -340,7 +379,11 @@ pub struct RunArgs {
         help_heading = "Observability"
     )]
     pub progress: ProgressChoice,
+}
 
+/// Failed items: the error budget, the retry budget, the dead-letter file.
+#[derive(Debug, Clone, Args)]
+pub struct ErrorArgs {
     /// Stop the run once more than N items have failed.
     #[arg(
         long,
@@ -358,45 +401,43 @@ pub struct RunArgs {
     /// default: dynbulk-dead-letter-<time>.jsonl in the current directory.
     #[arg(long, value_name = "PATH", help_heading = "Errors")]
     pub dead_letter: Option<PathBuf>,
-    /// The run's lock lease (for tests: a few seconds keeps takeover tests short).
-    #[arg(long, hide = true, env = "DYNBULK_LEASE", default_value = "15s", value_parser = parse_duration)]
-    pub lease: std::time::Duration,
 }
 
 impl RunArgs {
     fn limits(&self) -> Limits {
-        let one = |v: Option<u32>| match (v, self.unlimited) {
+        let c = &self.capacity;
+        let one = |v: Option<u32>| match (v, c.unlimited) {
             (_, true) => Limit::Unlimited,
             (Some(u), false) => Limit::Units(f64::from(u)),
             (None, false) => Limit::Auto,
         };
         Limits {
-            read: one(self.rcu_limit),
-            write: one(self.wcu_limit),
+            read: one(c.rcu_limit),
+            write: one(c.wcu_limit),
         }
     }
 
     /// Validates the arguments into a plan.
     pub fn plan(&self) -> Plan {
-        let dead_letter = self.dead_letter.clone().unwrap_or_else(|| {
+        let dead_letter = self.errors.dead_letter.clone().unwrap_or_else(|| {
             PathBuf::from(format!(
                 "dynbulk-dead-letter-{}.jsonl",
                 chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
             ))
         });
         Plan {
-            segments: self.segments,
-            workers: self.workers.into(),
-            item_concurrency: self.item_concurrency.into(),
-            page_size: self.page_size.map(|p| p as i32),
+            segments: self.throughput.segments,
+            workers: self.throughput.workers.into(),
+            item_concurrency: self.throughput.item_concurrency.into(),
+            page_size: self.throughput.page_size.map(|p| p as i32),
             inflight_bytes: crate::pipeline::inflight::BUDGET_BYTES,
             dry_run: self.dry_run,
             rerun: self.rerun,
-            max_errors: Some(self.max_errors),
+            max_errors: Some(self.errors.max_errors),
             dead_letter,
             state_table: self.state.state_table.clone(),
             backoff: Default::default(),
-            retry_budget: self.retry_budget,
+            retry_budget: self.errors.retry_budget,
             limits: self.limits(),
             restart: self.restart,
             version_attribute: self.version_attribute.clone(),

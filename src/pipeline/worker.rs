@@ -80,7 +80,7 @@ pub async fn work(
 /// Applies the migration to one page's items (a few at once), records
 /// failures in the dead-letter file, acknowledges the page to the
 /// checkpointer, and checks the error budget. One function on purpose (about
-/// 110 lines): the page's counts, its reservation and its acknowledgement must
+/// 125 lines): the page's counts, its reservation and its acknowledgement must
 /// stay together so that a page is acknowledged exactly once, after its last item.
 async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> {
     let writer = &pool.writer;

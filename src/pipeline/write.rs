@@ -84,12 +84,6 @@ impl Writer {
     /// re-read that keeps failing). Per-item problems, a write still throttled
     /// when its retry budget is spent included, come back as
     /// [`ItemOutcome::Failed`].
-    ///
-    /// One loop on purpose (about 120 lines): transform, plan, validate, send,
-    /// and on a conflict re-read and go round again, at most
-    /// [`MAX_CONFLICT_RETRIES`] times; each round's outcome (written,
-    /// unchanged, failed, conflict) decides the next, and the attempts'
-    /// counts span the rounds.
     pub async fn apply(&self, scanned: Attrs) -> Result<ItemOutcome, Error> {
         let (item, change) = self.transform(scanned).await;
         self.finish(item, change).await
@@ -144,6 +138,14 @@ impl Writer {
         self.finish(item, change.map_err(transform_failed)).await
     }
 
+    /// Plans, validates and sends the change, and on a conflict re-reads,
+    /// transforms again and goes round again.
+    ///
+    /// One loop on purpose (about 120 lines): transform, plan, validate, send,
+    /// and on a conflict re-read and go round again, at most
+    /// [`MAX_CONFLICT_RETRIES`] times; each round's outcome (written,
+    /// unchanged, failed, conflict) decides the next, and the attempts'
+    /// counts span the rounds.
     async fn finish(
         &self,
         item: Item,

@@ -184,7 +184,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
 
 const EXAMPLES: &str = "\
 Examples:
-  dynbulk list                                   show the migrations in this build
+  dynbulk list                                   show the migrations of this build and of ./migrations
   dynbulk run --dry-run                          what every pending migration would change
   dynbulk run --segments 16                      apply every pending migration
   dynbulk run --migration 20241220_add_status_category_fields --table orders-dev
@@ -226,7 +226,7 @@ pub enum Command {
     Run(RunArgs),
     /// Show each migration's status on its table: applied, pending, failed or in progress.
     Status(StatusArgs),
-    /// List the migrations compiled into this build.
+    /// List the migrations of this build and of the migrations folder (--migrations-dir).
     List,
     /// Create a new migration file dated today and register it (run it from a
     /// migrations crate's root).

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against a real DynamoDB API.
 #
-# Installs what the tests need: dynalite (pinned, npm) and Prometheus (Debian).
+# Installs what the tests need: dynalite and TypeScript (pinned, npm) and
+# Prometheus (Debian).
 # Without DYNAMODB_ENDPOINT: installs the pinned dynalite (tests/dynalite,
 # lockfile committed), starts it on a free loopback port, runs the suite, stops it.
 # With DYNAMODB_ENDPOINT (e.g. http://localhost:8000 from docker-compose.yml):
@@ -26,6 +27,14 @@ if ! command -v "${PROMETHEUS_BIN:-prometheus}" >/dev/null; then
     exit 1
   fi
 fi
+
+# tests/cli.rs type-checks what `dynbulk init` and `new` write with the pinned
+# TypeScript compiler (tests/typescript, lockfile committed).
+if ! command -v npm >/dev/null; then
+  echo "npm is needed to install the pinned TypeScript compiler and dynalite (apt-get install nodejs npm)" >&2
+  exit 1
+fi
+(cd tests/typescript && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 
 if [ -z "${DYNAMODB_ENDPOINT:-}" ]; then
   source scripts/dynalite.sh

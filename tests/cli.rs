@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Output;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -435,8 +436,8 @@ fn list_new_and_init_scaffold_migrations() {
     let registry = std::fs::read_to_string(dir.path().join("mod.rs")).unwrap();
     assert!(registry.contains("::BackfillOrderTotals),"), "{registry}");
 
-    // `init` makes only Rust crates for now, and never overwrites a file.
-    expect_error(&["init"], 2, "pass --rust");
+    // `init --rust` makes a crate, and never overwrites a file.
+    expect_error(&["init", "--dynbulk-path", "."], 2, "--dynbulk-path");
     let crate_dir = dir.path().join("team");
     let out = dynbulk()
         .args(["init", "--rust"])
@@ -466,4 +467,136 @@ fn list_new_and_init_scaffold_migrations() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).1.contains("--dir"), "{}", text(&out).1);
+}
+
+/// The pinned TypeScript compiler that scripts/test.sh installs.
+fn tsc(project: &Path) -> Output {
+    let tsc = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/typescript/node_modules/typescript/bin/tsc");
+    assert!(
+        tsc.is_file(),
+        "{} is missing: run the tests with scripts/test.sh, which installs the pinned TypeScript",
+        tsc.display()
+    );
+    std::process::Command::new("node")
+        .arg(tsc)
+        .arg("-p")
+        .arg(project)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn init_writes_a_typescript_folder_that_the_compiler_checks() {
+    let repo = tempfile::tempdir().unwrap();
+    let folder = repo.path().join("migrations");
+    let out = dynbulk()
+        .arg("init")
+        .current_dir(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let mut files: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "20241220_add_status_category_fields.ts",
+            "dynbulk.d.ts",
+            "tsconfig.json"
+        ]
+    );
+    // The example is the repository's reference migration, byte for byte.
+    assert_eq!(
+        std::fs::read_to_string(folder.join("20241220_add_status_category_fields.ts")).unwrap(),
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations/20241220_add_status_category_fields.ts")
+        )
+        .unwrap()
+    );
+
+    // `new` outside a Rust crate writes a dated TypeScript file there.
+    let out = dynbulk()
+        .args(["new", "backfill \"order\" totals"])
+        .current_dir(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let id = format!(
+        "{}_backfill_order_totals",
+        chrono::Local::now().date_naive().format("%Y%m%d")
+    );
+    let created = std::fs::read_to_string(folder.join(format!("{id}.ts"))).unwrap();
+    assert!(
+        created.contains(r#"description: "backfill \"order\" totals","#),
+        "{created}"
+    );
+    assert!(created.contains(&format!("--migration {id} ")), "{created}");
+    let out = dynbulk()
+        .args(["new", "backfill order totals"])
+        .current_dir(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("already exists"), "{}", text(&out).1);
+
+    // A migration using the rest of the module's types, and a helper file.
+    std::fs::create_dir(folder.join("lib")).unwrap();
+    std::fs::write(
+        folder.join("lib/money.ts"),
+        "export function cents(n: number): number { return Math.round(n * 100); }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        folder.join("20250101_everything.ts"),
+        r##"import { DELETE, NumberValue, type Migration } from "dynbulk";
+import { cents } from "./lib/money.ts";
+export default {
+  description: "uses every type",
+  scan: { projection: ["a", "b"], filter: "#a <> :x", names: { "#a": "a" }, values: { ":x": "gone" } },
+  transform(item, ctx) {
+    ctx.log("seen", item.a, ctx.tableName, ctx.dryRun);
+    if (item.a === "gone") return DELETE;
+    delete item.b;
+    item.big = new NumberValue("12345678901234567890123456789012345678");
+    item.total = typeof item.amount === "number" ? cents(item.amount) : null;
+    item.tags = new Set(["x"]);
+    item.raw = new Uint8Array([1, 2]);
+    item.nested = { list: [1, "two", null, { deep: true }] };
+  },
+} satisfies Migration;
+"##,
+    )
+    .unwrap();
+    let out = tsc(&folder);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    // The types do constrain: a transform returning a number is rejected.
+    std::fs::write(
+        folder.join("20250102_bad.ts"),
+        "import type { Migration } from \"dynbulk\";\n\
+         export default { description: \"bad\", transform() { return 42; } } satisfies Migration;\n",
+    )
+    .unwrap();
+    let out = tsc(&folder);
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    assert!(text(&out).0.contains("20250102_bad.ts"), "{:?}", text(&out));
+
+    // And `init` never overwrites a file.
+    let before = std::fs::read_to_string(folder.join("dynbulk.d.ts")).unwrap();
+    let out = dynbulk()
+        .arg("init")
+        .current_dir(repo.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("already exists"), "{}", text(&out).1);
+    assert_eq!(
+        std::fs::read_to_string(folder.join("dynbulk.d.ts")).unwrap(),
+        before
+    );
 }

@@ -3,6 +3,7 @@
 //! or bad usage, 3 lost the lock, 130 interrupted). What the stock binary's
 //! `main` did before the command line became [`super::run_cli`].
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{progress, signal};
 use super::{scaffold, status};
-use super::{Cli, Command, InitArgs, LogFormat, RunArgs, StatusArgs};
+use super::{Cli, Command, InitArgs, LogFormat, NewArgs, RunArgs, StatusArgs};
 use crate::dynamo::client;
 use crate::migration::Migration;
 use crate::report::Outcome;
@@ -81,27 +82,59 @@ async fn dispatch(command: Command, migrations: &[Arc<dyn Migration>]) -> anyhow
             }
             Ok(0)
         }
-        Command::New(args) => {
-            let description = args.description.join(" ");
-            let file =
-                scaffold::create(&args.dir, &description, chrono::Local::now().date_naive())?;
-            println!("created {}", file.display());
-            println!(
-                "registered it in {}; build again to include it",
-                args.dir.join("mod.rs").display()
-            );
-            Ok(0)
-        }
+        Command::New(args) => new_command(args),
         Command::Init(args) => init_command(args),
     }
 }
 
+/// `new`: a Rust file registered in a crate's list when the folder is a Rust
+/// one (explicitly, or src/migrations of the crate we are in), else a
+/// TypeScript file in the script migrations folder.
+fn new_command(args: NewArgs) -> anyhow::Result<u8> {
+    let description = args.description.join(" ");
+    let today = chrono::Local::now().date_naive();
+    let crate_folder = Path::new("src").join("migrations");
+    let dir = args.dir.unwrap_or_else(|| {
+        if scaffold::is_rust_folder(&crate_folder) {
+            crate_folder
+        } else {
+            std::env::var_os("DYNBULK_MIGRATIONS_DIR")
+                .map_or_else(|| PathBuf::from("migrations"), PathBuf::from)
+        }
+    });
+    if scaffold::is_rust_folder(&dir) {
+        let file = scaffold::create(&dir, &description, today)?;
+        println!("created {}", file.display());
+        println!(
+            "registered it in {}; build again to include it",
+            dir.join("mod.rs").display()
+        );
+    } else {
+        let file = scaffold::create_script(&dir, &description, today)?;
+        println!("created {}", file.display());
+        println!(
+            "write its transform, then try it: dynbulk run --migration {} --dry-run",
+            file.file_stem().unwrap_or_default().to_string_lossy()
+        );
+    }
+    Ok(0)
+}
+
 fn init_command(args: InitArgs) -> anyhow::Result<u8> {
     if !args.rust {
-        anyhow::bail!(
-            "pass --rust: a Rust migrations crate is the one kind `init` creates for now \
-             (script migrations come in a later version)"
+        for file in scaffold::init_script(&args.dir)? {
+            println!("created {}", file.display());
+        }
+        println!(
+            "next: dynbulk list, then dynbulk run --migration 20241220_add_status_category_fields --dry-run; \
+             `dynbulk new \"what it does\"` adds a migration{}",
+            if args.dir == Path::new("migrations") {
+                String::new()
+            } else {
+                format!(" (pass --migrations-dir {} or set DYNBULK_MIGRATIONS_DIR)", args.dir.display())
+            }
         );
+        return Ok(0);
     }
     let dependency = match args.dynbulk_path {
         Some(path) => scaffold::Dependency::Path(path),

@@ -228,11 +228,14 @@ pub enum Command {
     Status(StatusArgs),
     /// List the migrations of this build and of the migrations folder (--migrations-dir).
     List,
-    /// Create a new migration file dated today and register it (run it from a
-    /// migrations crate's root).
+    /// Create a new migration file dated today: a TypeScript file in the
+    /// migrations folder, or, from a Rust migrations crate's root, a Rust file
+    /// registered in src/migrations/mod.rs.
     New(NewArgs),
-    /// Create a migrations crate for your repository (--rust): Cargo.toml,
-    /// a main calling dynbulk's command line, the migrations list and an example.
+    /// Set up migrations in your repository: a TypeScript migrations folder
+    /// (dynbulk.d.ts for editors, a tsconfig.json and an example), or with
+    /// --rust a migrations crate (Cargo.toml, a main calling dynbulk's command
+    /// line, the migrations list and an example).
     Init(InitArgs),
 }
 
@@ -490,23 +493,27 @@ pub struct NewArgs {
     /// What the migration does, in a few words ("backfill order totals").
     #[arg(required = true, num_args = 1..)]
     pub description: Vec<String>,
-    /// The migrations folder, holding the `mod.rs` that lists them.
-    #[arg(long, default_value = "src/migrations", value_name = "DIR")]
-    pub dir: PathBuf,
+    /// The migrations folder. Default: src/migrations in a Rust migrations
+    /// crate (a folder with the mod.rs that lists them gets a Rust file),
+    /// otherwise the script migrations folder (DYNBULK_MIGRATIONS_DIR, else
+    /// ./migrations), which gets a .ts file.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `dynbulk init`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Scaffold a Rust migrations crate (the one kind there is for now).
+    /// Scaffold a Rust migrations crate instead of a TypeScript folder.
     #[arg(long)]
     pub rust: bool,
-    /// Where to create the crate (created if missing; no file it writes may exist).
+    /// Where to create the folder or crate (created if missing; no file it
+    /// writes may exist).
     #[arg(default_value = "migrations", value_name = "DIR")]
     pub dir: PathBuf,
-    /// Depend on the dynbulk source tree at DIR instead of the released
-    /// version (for work from a checkout).
-    #[arg(long, value_name = "DIR")]
+    /// With --rust: depend on the dynbulk source tree at DIR instead of the
+    /// released version (for work from a checkout).
+    #[arg(long, value_name = "DIR", requires = "rust")]
     pub dynbulk_path: Option<PathBuf>,
 }
 

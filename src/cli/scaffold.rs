@@ -1,4 +1,12 @@
-//! Scaffolding a team's migrations crate.
+//! Scaffolding a team's migrations: a script folder or a Rust crate.
+//!
+//! `dynbulk init [DIR]` ([`init_script`]) writes a script migrations folder:
+//! `dynbulk.d.ts` (the `Migration` type, `DELETE`, `NumberValue` and the item
+//! value types, so editors and `tsc` check the migrations), a `tsconfig.json`
+//! that includes it, and the reference migration
+//! `20241220_add_status_category_fields.ts` as the example (the very file in
+//! `migrations/` at the root of dynbulk's repository). `new <description>`
+//! there ([`create_script`]) writes a dated `.ts` file from a template.
 //!
 //! `dynbulk init --rust [DIR]` ([`init_rust`]) writes a crate whose `main`
 //! calls [`crate::cli::run_cli`] over its own list of migrations: Cargo.toml
@@ -36,13 +44,8 @@ pub fn slug(description: &str) -> String {
     out.trim_end_matches('_').to_owned()
 }
 
-/// Creates `<dir>/<date>_<slug>.rs` and registers it in `<dir>/mod.rs`.
-/// Returns the new file's path.
-///
-/// # Errors
-/// When the description gives no usable name, the migration exists already,
-/// or `mod.rs` lacks the registry markers.
-pub fn create(dir: &Path, description: &str, date: chrono::NaiveDate) -> Result<PathBuf> {
+/// The id of a migration created on `date` for `description`, and its slug.
+fn new_id(description: &str, date: chrono::NaiveDate) -> Result<(String, String)> {
     let slug = slug(description);
     if slug.is_empty() {
         return Err(Error::Usage(format!(
@@ -55,6 +58,23 @@ pub fn create(dir: &Path, description: &str, date: chrono::NaiveDate) -> Result<
             "{id:?} is not a valid migration id (YYYYMMDD_description)"
         )));
     }
+    Ok((id, slug))
+}
+
+/// Whether `dir` is a Rust migrations folder (it has the `mod.rs` that lists
+/// the migrations) rather than a script one.
+pub fn is_rust_folder(dir: &Path) -> bool {
+    dir.join("mod.rs").is_file()
+}
+
+/// Creates `<dir>/<date>_<slug>.rs` and registers it in `<dir>/mod.rs`.
+/// Returns the new file's path.
+///
+/// # Errors
+/// When the description gives no usable name, the migration exists already,
+/// or `mod.rs` lacks the registry markers.
+pub fn create(dir: &Path, description: &str, date: chrono::NaiveDate) -> Result<PathBuf> {
+    let (id, slug) = new_id(description, date)?;
     let mod_rs = dir.join("mod.rs");
     let registry = std::fs::read_to_string(&mod_rs).map_err(|e| {
         Error::io(
@@ -250,6 +270,91 @@ const REFERENCE_MIGRATION: (&str, &str) = (
     include_str!("scaffold/20241220_add_status_category_fields.rs"),
 );
 
+/// What `dynbulk init` writes into a script migrations folder.
+const SCRIPT_FILES: [(&str, &str); 3] = [
+    ("dynbulk.d.ts", include_str!("scaffold/dynbulk.d.ts")),
+    ("tsconfig.json", include_str!("scaffold/tsconfig.json")),
+    (
+        "20241220_add_status_category_fields.ts",
+        include_str!("../../migrations/20241220_add_status_category_fields.ts"),
+    ),
+];
+
+/// A new script migration: leaves every item as it is until its author
+/// writes the transform.
+const SCRIPT_TEMPLATE: &str = include_str!("scaffold/template.ts");
+
+/// Writes the script flavour's files into `dir` (created if missing; it may
+/// hold other files, such as migrations ported from another runner) and
+/// returns them, in order.
+///
+/// # Errors
+/// When one of the files to write exists already (nothing is written then),
+/// or a write fails.
+pub fn init_script(dir: &Path) -> Result<Vec<PathBuf>> {
+    refuse_existing(SCRIPT_FILES.iter().map(|(f, _)| dir.join(f)))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let mut written = Vec::new();
+    for (file, text) in SCRIPT_FILES {
+        let path = dir.join(file);
+        std::fs::write(&path, text)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Creates `<dir>/<date>_<slug>.ts` from the template. Returns its path.
+///
+/// # Errors
+/// When the description gives no usable name, `dir` does not exist, or a
+/// migration of that id (`.ts` or `.js`) exists already.
+pub fn create_script(dir: &Path, description: &str, date: chrono::NaiveDate) -> Result<PathBuf> {
+    let (id, _) = new_id(description, date)?;
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "no migrations folder at {}: run `dynbulk init` to create one, or pass --dir",
+            dir.display()
+        )));
+    }
+    let file = dir.join(format!("{id}.ts"));
+    for existing in [file.clone(), dir.join(format!("{id}.js"))] {
+        if existing.exists() {
+            return Err(Error::Usage(format!(
+                "migration {id} already exists: {}",
+                existing.display()
+            )));
+        }
+    }
+    let description = description.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = SCRIPT_TEMPLATE
+        .replace("{ID}", &id)
+        .replace(
+            "\"{DESCRIPTION}\"",
+            &serde_json::to_string(&description).expect("a string serializes"),
+        )
+        .replace("{DESCRIPTION}", &description);
+    std::fs::write(&file, text).map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
+    Ok(file)
+}
+
+/// Refuses to go on when any of `files` exists: `init` only creates files.
+fn refuse_existing(files: impl IntoIterator<Item = PathBuf>) -> Result<()> {
+    let existing: Vec<String> = files
+        .into_iter()
+        .filter(|f| f.exists())
+        .map(|f| f.display().to_string())
+        .collect();
+    if existing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "{} already exists; `init` only creates new files (pick another directory)",
+        existing.join(", ")
+    )))
+}
+
 /// Which dynbulk the new crate depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dependency {
@@ -279,18 +384,7 @@ pub fn init_rust(dir: &Path, dynbulk: &Dependency) -> Result<Vec<PathBuf>> {
             Some(REFERENCE_MIGRATION.1),
         ),
     ];
-    let existing: Vec<String> = files
-        .iter()
-        .map(|(f, _)| dir.join(f))
-        .filter(|f| f.exists())
-        .map(|f| f.display().to_string())
-        .collect();
-    if !existing.is_empty() {
-        return Err(Error::Usage(format!(
-            "{} already exists; `init` only creates new files (pick another directory)",
-            existing.join(", ")
-        )));
-    }
+    refuse_existing(files.iter().map(|(f, _)| dir.join(f)))?;
     if let Dependency::Path(p) = dynbulk {
         if !p.join("Cargo.toml").is_file() {
             return Err(Error::Usage(format!(

@@ -2,14 +2,17 @@
 # CPU per item of a script migration against the same migration in Rust, end
 # to end against a real endpoint: two identical tables of BENCH_ITEMS sample
 # orders (default 20k) in dynalite on a free loopback port (or
-# DYNAMODB_ENDPOINT); the stock binary runs its built-in Rust reference
-# migration on one and the TypeScript twin (tests/common/migrations, under
-# another id) on the other, each under GNU time; prints user+system CPU
-# seconds, microseconds of CPU per item and the script/Rust ratio.
+# DYNAMODB_ENDPOINT); the example migrations crate's binary (examples/migrations:
+# dynbulk's command line over the Rust reference migration, and any script
+# migrations) runs the Rust reference on one and the TypeScript twin
+# (tests/common/migrations, under another id) on the other, each under GNU
+# time; prints user+system CPU seconds, microseconds of CPU per item and the
+# script/Rust ratio. One binary for both: only the transform path differs.
 #
 #   scripts/bench-script.sh                          # release binaries
 #   BENCH_ITEMS=50000 scripts/bench-script.sh
 #   BENCH_BIN=target/debug scripts/bench-script.sh   # binaries built elsewhere
+#                                                    # (dynbulk-sample-data and migrations)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 items="${BENCH_ITEMS:-20000}"
@@ -23,6 +26,8 @@ if [ -n "${BENCH_BIN:-}" ]; then
   bin="$BENCH_BIN"
 else
   cargo build --release --bins
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}" \
+    cargo build --release --manifest-path examples/migrations/Cargo.toml
   bin="${CARGO_TARGET_DIR:-target}/release"
 fi
 if [ -z "${DYNAMODB_ENDPOINT:-}" ]; then
@@ -36,7 +41,7 @@ export AWS_ACCESS_KEY_ID="${AWS_ACCESS_KEY_ID:-local}" AWS_SECRET_ACCESS_KEY="${
 export AWS_REGION="${AWS_REGION:-us-east-1}"
 work="$(mktemp -d)"
 mkdir "$work/migrations"
-# The twin under its own id: the stock binary has the Rust one built in.
+# The twin under its own id: the example crate has the Rust one.
 sed 's/20241220_add_status_category_fields/20241221_add_status_category_script/' \
   tests/common/migrations/20241220_add_status_category_fields.ts \
   > "$work/migrations/20241221_add_status_category_script.ts"
@@ -49,7 +54,7 @@ for path in rust script; do
   id=20241220_add_status_category_fields
   [ "$path" = script ] && id=20241221_add_status_category_script
   /usr/bin/time -f '%U %S' -o "$work/$path.time" \
-    "$bin/dynbulk" --migrations-dir "$work/migrations" run --migration "$id" --table "$table" \
+    "$bin/migrations" --migrations-dir "$work/migrations" run --migration "$id" --table "$table" \
     --unlimited --segments "$segments" --progress off --state-table "bench-script-state-$$" >"$work/$path.out"
   cpu="$(awk '{print $1 + $2}' "$work/$path.time")"
   us[$path]="$(awk -v c="$cpu" -v n="$items" 'BEGIN {printf "%.1f", c * 1e6 / n}')"

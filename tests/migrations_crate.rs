@@ -172,6 +172,7 @@ async fn a_scaffolded_crate_adds_builds_and_runs_its_own_migration() {
             "--state-table",
             &state.name,
         ])
+        .current_dir(&dir)
         .output()
         .unwrap();
     assert_success("status", &out);
@@ -182,7 +183,13 @@ async fn a_scaffolded_crate_adds_builds_and_runs_its_own_migration() {
             .any(|l| l.starts_with(&id) && l.contains("applied")),
         "{status}"
     );
-    let out = program(&bin).arg("list").output().unwrap();
+    // (From the crate's root: the checkout's root has a script migrations
+    // folder holding the reference migration's TypeScript twin.)
+    let out = program(&bin)
+        .arg("list")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
     assert_success("list", &out);
     let list = text(&out).0;
     assert!(list.lines().any(|l| l.starts_with(&id)), "{list}");
@@ -196,7 +203,13 @@ async fn a_scaffolded_crate_adds_builds_and_runs_its_own_migration() {
     )
     .unwrap();
     let bin = build(&dir, "team-migrations");
-    let out = program(&bin).arg("list").output().unwrap();
+    // (From the crate's root: the checkout's root has a script migrations
+    // folder holding the reference migration's TypeScript twin.)
+    let out = program(&bin)
+        .arg("list")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
     assert!(stderr.contains(&format!("\"{REFERENCE}\"")), "{stderr}");
@@ -263,7 +276,12 @@ async fn the_example_crate_and_the_stock_binary_migrate_alike() {
     }
     let (stock_table, items) = &tables[0];
     let (example_table, _) = &tables[1];
-    for (mut cmd, table) in [(dynbulk(), stock_table), (program(&example), example_table)] {
+    // The stock binary runs migrations/20241220_add_status_category_fields.ts
+    // from the checkout's root; the example crate's binary its Rust twin, from
+    // its own folder (which has no script migrations folder).
+    let mut example_cmd = program(&example);
+    example_cmd.current_dir(&dir);
+    for (mut cmd, table) in [(dynbulk(), stock_table), (example_cmd, example_table)] {
         let out = cmd
             .args(["run", "--migration", REFERENCE, "--table", &table.name])
             .args([

@@ -638,7 +638,8 @@ export default {
 }
 
 /// The reference migration in TypeScript, importing its mapping from a
-/// helper, under another id than the stock binary's built-in Rust twin.
+/// helper, in the old runner's named-export shape, under another id than the
+/// repository's reference migration.
 const STATUS_CATEGORY_TS: &str = r##"import type { } from "dynbulk";
 import { category } from "./lib/category.ts";
 
@@ -676,6 +677,10 @@ async fn a_typescript_migration_importing_a_helper_migrates_like_the_rust_one() 
     let dir = folder(&[
         ("20250103_add_status_category.ts", STATUS_CATEGORY_TS),
         ("lib/category.ts", CATEGORY_TS),
+        (
+            "20241220_add_status_category_fields.ts",
+            include_str!("../migrations/20241220_add_status_category_fields.ts"),
+        ),
     ]);
     let listed = dynbulk()
         .arg("--migrations-dir")
@@ -694,7 +699,7 @@ async fn a_typescript_migration_importing_a_helper_migrates_like_the_rust_one() 
             "20241220_add_status_category_fields",
             "20250103_add_status_category"
         ],
-        "script migrations are listed beside the built-in one, in id order"
+        "script migrations are listed in id order"
     );
     let out = run(
         dir.path(),
@@ -708,11 +713,17 @@ async fn a_typescript_migration_importing_a_helper_migrates_like_the_rust_one() 
 }
 
 #[test]
-fn a_script_with_a_built_in_migrations_id_or_a_wrong_declared_id_is_refused() {
-    let same_id = folder(&[(
-        "20241220_add_status_category_fields.js",
-        "export default { description: \"twin\", transform() {} };\n",
-    )]);
+fn a_duplicate_id_or_a_wrong_declared_id_is_refused() {
+    let same_id = folder(&[
+        (
+            "20241220_add_status_category_fields.js",
+            "export default { description: \"twin\", transform() {} };\n",
+        ),
+        (
+            "20241220_add_status_category_fields.ts",
+            "export default { description: \"twin\", transform() {} };\n",
+        ),
+    ]);
     let wrong_id = folder(&[(
         "20250101_right.js",
         "export default { id: \"20250101_wrong\", description: \"x\", transform() {} };\n",

@@ -25,8 +25,15 @@ const EXIT_LOCK_LOST: u8 = 3;
 const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs `cli` over `migrations` (already checked, in id order).
-pub(super) fn main(cli: Cli, migrations: Vec<Arc<dyn Migration>>) -> ExitCode {
+pub(super) fn main(mut cli: Cli, migrations: Vec<Arc<dyn Migration>>) -> ExitCode {
     init_logging(cli.verbose, cli.log_format);
+    // `new` writes into the script folder the global flag (or its environment
+    // variable) names, unless it is given its own --dir.
+    if let Command::New(args) = &mut cli.command {
+        if args.dir.is_none() && !scaffold::is_rust_folder(&crate_folder()) {
+            args.dir = cli.migrations_dir.clone();
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,19 +94,24 @@ async fn dispatch(command: Command, migrations: &[Arc<dyn Migration>]) -> anyhow
     }
 }
 
+/// The migrations folder of a Rust migrations crate, from its root.
+fn crate_folder() -> PathBuf {
+    Path::new("src").join("migrations")
+}
+
 /// `new`: a Rust file registered in a crate's list when the folder is a Rust
 /// one (explicitly, or src/migrations of the crate we are in), else a
-/// TypeScript file in the script migrations folder.
+/// TypeScript file in the script migrations folder (--dir, else
+/// --migrations-dir or DYNBULK_MIGRATIONS_DIR, else ./migrations).
 fn new_command(args: NewArgs) -> anyhow::Result<u8> {
     let description = args.description.join(" ");
     let today = chrono::Local::now().date_naive();
-    let crate_folder = Path::new("src").join("migrations");
     let dir = args.dir.unwrap_or_else(|| {
+        let crate_folder = crate_folder();
         if scaffold::is_rust_folder(&crate_folder) {
             crate_folder
         } else {
-            std::env::var_os("DYNBULK_MIGRATIONS_DIR")
-                .map_or_else(|| PathBuf::from("migrations"), PathBuf::from)
+            PathBuf::from("migrations")
         }
     });
     if scaffold::is_rust_folder(&dir) {

@@ -9,7 +9,7 @@
 //! `request_metrics`: the cost of recording one request's latency, throttle
 //! and retry metrics, to set against a DynamoDB request's milliseconds.
 //! `transform`: the reference migration as Rust and as its TypeScript twin
-//! (tests/common/migrations), through the same pipeline: the script path's
+//! (migrations/, the repository's reference), through the same pipeline: the script path's
 //! cost against the Rust path's.
 
 use std::sync::Arc;
@@ -225,7 +225,7 @@ fn pipeline(c: &mut Criterion) {
     }
     let script = dynbulk::script::migrations(
         &dynbulk::script::Folder::Given(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/migrations").into(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations").into(),
         ),
         dynbulk::script::Limits::default(),
     )

@@ -5,7 +5,7 @@
 # DYNAMODB_ENDPOINT); the example migrations crate's binary (examples/migrations:
 # dynbulk's command line over the Rust reference migration, and any script
 # migrations) runs the Rust reference on one and the TypeScript twin
-# (tests/common/migrations, under another id) on the other, each under GNU
+# (migrations/, under another id) on the other, each under GNU
 # time; prints user+system CPU seconds, microseconds of CPU per item and the
 # script/Rust ratio. One binary for both: only the transform path differs.
 #
@@ -43,7 +43,7 @@ work="$(mktemp -d)"
 mkdir "$work/migrations"
 # The twin under its own id: the example crate has the Rust one.
 sed 's/20241220_add_status_category_fields/20241221_add_status_category_script/' \
-  tests/common/migrations/20241220_add_status_category_fields.ts \
+  migrations/20241220_add_status_category_fields.ts \
   > "$work/migrations/20241221_add_status_category_script.ts"
 
 printf '%-7s %-7s %-9s %-11s %s\n' path items cpu_s us_per_item updated

@@ -224,9 +224,7 @@ fn pipeline(c: &mut Criterion) {
         group.finish();
     }
     let script = dynbulk::script::migrations(
-        &dynbulk::script::Folder::Given(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/migrations").into(),
-        ),
+        &dynbulk::script::Folder::Given(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations").into()),
         dynbulk::script::Limits::default(),
     )
     .expect("the TypeScript twin loads")

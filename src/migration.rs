@@ -68,6 +68,9 @@ pub struct RunFacts {
     pub table: String,
     /// True in a dry run (nothing is written whatever the transform decides).
     pub dry_run: bool,
+    /// The table's key attribute names (partition key first); empty when
+    /// the transform runs outside a run.
+    pub keys: Vec<String>,
 }
 
 /// A migration's transform run away from the async worker threads (see

@@ -94,6 +94,7 @@ impl Writer {
         RunFacts {
             table: self.table.clone(),
             dry_run: self.dry_run,
+            keys: self.keys.clone(),
         }
     }
 

@@ -450,7 +450,8 @@ impl Engine {
                     Some(c) => (c.restore(&ctx)?, None),
                     None => {
                         let make: Function = internals.get("context")?;
-                        let c: Object = make.call((facts.table.as_str(), facts.dry_run))?;
+                        let c: Object =
+                            make.call((facts.table.as_str(), facts.dry_run, facts.keys.clone()))?;
                         let saved = Persistent::save(&ctx, c.clone());
                         (c, Some(saved))
                     }
@@ -484,6 +485,7 @@ impl Engine {
                 absent: &absent,
                 migration: &migration,
                 context: &context,
+                keys: &facts.keys,
             };
             let out = items
                 .into_iter()

@@ -38,6 +38,17 @@ pub struct Call<'a, 'js> {
     pub migration: &'a Object<'js>,
     /// The `ctx` argument.
     pub context: &'a Object<'js>,
+    /// The table's key attribute names: a change to one fails the item here,
+    /// where the line that made it is known.
+    pub keys: &'a [String],
+}
+
+/// `message`, with the script's file:line from `stack` when there is one.
+fn located(message: String, stack: Option<String>) -> TransformError {
+    match stack.as_deref().and_then(super::engine::location) {
+        Some(at) => TransformError::new(format!("{message} (at {at})")),
+        None => TransformError::new(message),
+    }
 }
 
 /// True for values a script can change without assigning the attribute.
@@ -88,11 +99,24 @@ impl<'js> Call<'_, 'js> {
             1 => return Ok(Ok(Change::Delete)),
             _ => {
                 let what: String = result.get(4)?;
-                return Ok(Err(TransformError::new(format!(
+                let defined: String = result.get(6)?;
+                let message = format!(
                     "transform returned {what}; return nothing (or the item) to apply its changes, or DELETE to delete it"
-                ))));
+                );
+                return Ok(Err(TransformError::new(if defined.is_empty() {
+                    message
+                } else {
+                    format!("{message} (transform at {defined})")
+                })));
             }
         }
+        // Where a watched write happened (see the prelude's `watch`).
+        let stacks: Option<Object> = result.get(5)?;
+        let stack_of = |name: &str| {
+            stacks
+                .as_ref()
+                .and_then(|o| o.get::<_, Option<String>>(name).ok().flatten())
+        };
         for name in writes.iter::<String>() {
             candidates.insert(name?);
         }
@@ -102,6 +126,9 @@ impl<'js> Call<'_, 'js> {
             let before = scanned.get(&name);
             if now.as_symbol().is_some() && now == *self.absent {
                 if before.is_some() {
+                    if self.keys.contains(&name) {
+                        return Ok(Err(key_change(&name, stack_of(&name))));
+                    }
                     update.remove.insert(name);
                 }
                 continue;
@@ -109,9 +136,12 @@ impl<'js> Call<'_, 'js> {
             let mut path = name.clone();
             let value = match from_js(self.shapes, &now, &mut path) {
                 Ok(v) => v,
-                Err(e) => return Ok(Err(TransformError::new(e))),
+                Err(e) => return Ok(Err(located(e, stack_of(&name)))),
             };
             if !before.is_some_and(|b| crate::dynamo::value::same_value(b, &value)) {
+                if self.keys.contains(&name) {
+                    return Ok(Err(key_change(&name, stack_of(&name))));
+                }
                 update.set.insert(name, value);
             }
         }
@@ -121,4 +151,14 @@ impl<'js> Call<'_, 'js> {
             Change::Update(update)
         }))
     }
+}
+
+/// The failure of a transform that changed key attribute `name`.
+fn key_change(name: &str, stack: Option<String>) -> TransformError {
+    located(
+        format!(
+            "the transform changes key attribute {name:?}; key attributes cannot be updated (delete and re-create the item in a migration of its own)"
+        ),
+        stack,
+    )
 }

@@ -87,6 +87,7 @@ impl Migration for ScriptMigration {
         let facts = RunFacts {
             table: self.table.unwrap_or_default().to_owned(),
             dry_run: true,
+            keys: Vec::new(),
         };
         let mut out = futures::executor::block_on(self.pool.transform(
             self.spec.entry.clone(),
@@ -164,6 +165,7 @@ mod tests {
         let facts = RunFacts {
             table: "t".into(),
             dry_run: false,
+            keys: vec!["pk".into()],
         };
         engine.transform_page(&entry, "20250101_t", &facts, items)
     }

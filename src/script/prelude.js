@@ -63,6 +63,19 @@
   let reads = [];
   let writes = [];
   let all = false;
+  // The stack where the transform first changed a key attribute or assigned
+  // a number DynamoDB cannot store, by attribute name: the item's dead
+  // letter names that line.
+  let where = null;
+  let keys = null;
+  const keysOf = new WeakMap();
+  const noKeys = new Set();
+  const watch = (k, v) => {
+    if (keys.has(k) || (typeof v === "number" && !Number.isFinite(v))) {
+      if (where === null) where = {};
+      if (!hasOwn.call(where, k)) where[k] = new Error().stack;
+    }
+  };
   const note = (t, k) => {
     // Object.prototype's members (toString, hasOwnProperty...) are not
     // attributes unless the item has one of that name.
@@ -73,9 +86,9 @@
     has(t, k) { note(t, k); return k in t; },
     getOwnPropertyDescriptor(t, k) { note(t, k); return Reflect.getOwnPropertyDescriptor(t, k); },
     ownKeys(t) { all = true; return Reflect.ownKeys(t); },
-    set(t, k, v) { if (typeof k === "string") writes.push(k); t[k] = v; return true; },
-    defineProperty(t, k, d) { if (typeof k === "string") writes.push(k); return Reflect.defineProperty(t, k, d); },
-    deleteProperty(t, k) { if (typeof k === "string") writes.push(k); return delete t[k]; },
+    set(t, k, v) { if (typeof k === "string") { writes.push(k); watch(k, v); } t[k] = v; return true; },
+    defineProperty(t, k, d) { if (typeof k === "string") { writes.push(k); watch(k, d.value); } return Reflect.defineProperty(t, k, d); },
+    deleteProperty(t, k) { if (typeof k === "string") { writes.push(k); watch(k); } return delete t[k]; },
     setPrototypeOf() { return false; },
   };
 
@@ -89,12 +102,16 @@
   };
 
   // Runs migration.transform on the item `target` through the tracker.
-  // Returns [status, reads, writes, enumerated, what]: status 0 applies the
-  // item's changes, 1 deletes it, 2 is a return value that is neither.
+  // Returns [status, reads, writes, enumerated, what, where, defined]:
+  // status 0 applies the item's changes, 1 deletes it, 2 is a return value
+  // that is neither (`what` describes it, `defined` is the transform's
+  // file:line); `where` is null or the stacks of the writes `watch` noted.
   function run(migration, target, ctx) {
     reads = [];
     writes = [];
     all = false;
+    where = null;
+    keys = keysOf.get(ctx) || noKeys;
     const { proxy, revoke } = Proxy.revocable(target, handler);
     let r;
     try {
@@ -104,14 +121,26 @@
       revoke();
     }
     const status = r === undefined || r === proxy ? 0 : r === DELETE ? 1 : 2;
-    return [status, reads, writes, all, status === 2 ? describe(r) : ""];
+    return status === 2
+      ? [status, reads, writes, all, describe(r), where, at(migration.transform)]
+      : [status, reads, writes, all, "", where];
   }
 
   // The value of an own property, or `absent`.
   const absent = Symbol("absent");
   const ownValue = (t, k) => (hasOwn.call(t, k) ? t[k] : absent);
 
-  const context = (tableName, dryRun) => Object.freeze({ tableName, dryRun, log });
+  // Where a function is defined, as file:line ("" when unknown).
+  const at = (f) => (typeof f === "function" && f.fileName && f.lineNumber
+    ? `${f.fileName}:${f.lineNumber}` : "");
+
+  // The transform's second argument for a run on `tableName`, whose key
+  // attributes are `keyNames`.
+  const context = (tableName, dryRun, keyNames) => {
+    const c = Object.freeze({ tableName, dryRun, log });
+    keysOf.set(c, new Set(keyNames));
+    return c;
+  };
 
   const internals = Object.freeze({
     DELETE, NumberValue, run, ownValue, absent, context,

@@ -314,6 +314,12 @@ impl Item {
         AttrsView { item: self }
     }
 
+    /// Records reads of `names` (present or not), taking the strings.
+    pub(crate) fn note_reads(&self, names: impl IntoIterator<Item = String>) {
+        let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
+        read.extend(names);
+    }
+
     fn note_all(&self) {
         let mut read = self.read.lock().unwrap_or_else(|p| p.into_inner());
         read.extend(self.attrs.keys().cloned());
@@ -377,6 +383,12 @@ impl Item {
     /// Unwraps into the scanned attributes.
     pub fn into_attrs(self) -> Attrs {
         self.attrs
+    }
+
+    /// Unwraps into the scanned attributes and the names read.
+    pub(crate) fn into_parts(self) -> (Attrs, BTreeSet<String>) {
+        let read = self.read.into_inner().unwrap_or_else(|p| p.into_inner());
+        (self.attrs, read)
     }
 }
 

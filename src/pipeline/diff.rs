@@ -159,7 +159,7 @@ pub fn plan(
             let guarded: BTreeSet<&String> = read.iter().chain(version).collect();
             b.condition(keys, old, guarded.into_iter());
             b.filter(guard.filter.as_ref());
-            Ok(Planned::Delete(b.finish()))
+            Ok(Planned::Delete(b.finish(String::new())))
         }
         Change::Update(update) => {
             let effective = effective(old, update);
@@ -175,35 +175,37 @@ pub fn plan(
                 return Ok(Planned::Unchanged);
             }
             let mut b = Builder::default();
-            let mut sets = Vec::new();
-            for (name, value) in &effective.set {
+            let mut update_expr = String::with_capacity(16 * effective.set.len() + 8);
+            for (i, (name, value)) in effective.set.iter().enumerate() {
+                update_expr.push_str(if i == 0 { "SET " } else { ", " });
                 let n = b.name(name);
+                push_name(&mut update_expr, n);
+                update_expr.push_str(" = ");
                 let v = b.value(value.clone());
-                sets.push(format!("{n} = {v}"));
+                push_value(&mut update_expr, v);
                 b.changed.push(name.clone());
             }
-            let mut removes = Vec::new();
-            for name in &effective.remove {
-                removes.push(b.name(name));
-                b.changed.push(name.clone());
-            }
-            let mut update_expr = String::new();
-            if !sets.is_empty() {
-                update_expr.push_str("SET ");
-                update_expr.push_str(&sets.join(", "));
-            }
-            if !removes.is_empty() {
-                if !update_expr.is_empty() {
-                    update_expr.push(' ');
+            for (i, name) in effective.remove.iter().enumerate() {
+                if i == 0 {
+                    if !update_expr.is_empty() {
+                        update_expr.push(' ');
+                    }
+                    update_expr.push_str("REMOVE ");
+                } else {
+                    update_expr.push_str(", ");
                 }
-                update_expr.push_str("REMOVE ");
-                update_expr.push_str(&removes.join(", "));
+                let n = b.name(name);
+                push_name(&mut update_expr, n);
+                b.changed.push(name.clone());
             }
             if let Some(v) = version {
                 // ADD treats an absent attribute as 0.
+                update_expr.push_str(" ADD ");
                 let n = b.name(v);
+                push_name(&mut update_expr, n);
+                update_expr.push(' ');
                 let one = b.value(AttributeValue::N("1".into()));
-                update_expr.push_str(&format!(" ADD {n} {one}"));
+                push_value(&mut update_expr, one);
             }
             let guarded: BTreeSet<&String> = read
                 .iter()
@@ -212,9 +214,7 @@ pub fn plan(
                 .collect();
             b.condition(keys, old, guarded.into_iter());
             b.filter(guard.filter.as_ref());
-            let mut expr = b.finish();
-            expr.update = update_expr;
-            Ok(Planned::Update(expr))
+            Ok(Planned::Update(b.finish(update_expr)))
         }
     }
 }
@@ -237,30 +237,64 @@ pub fn effective(old: &Attrs, update: &Update) -> Update {
     out
 }
 
+/// Writes placeholder `#n<i>`.
+fn push_name(out: &mut String, i: usize) {
+    out.push_str("#n");
+    push_index(out, i);
+}
+
+/// Writes placeholder `:v<i>`.
+fn push_value(out: &mut String, i: usize) {
+    out.push_str(":v");
+    push_index(out, i);
+}
+
+fn push_index(out: &mut String, i: usize) {
+    if i >= 10 {
+        push_index(out, i / 10);
+    }
+    out.push(char::from(b'0' + (i % 10) as u8));
+}
+
+fn placeholder(write: fn(&mut String, usize), i: usize) -> String {
+    let mut s = String::with_capacity(4);
+    write(&mut s, i);
+    s
+}
+
+/// Builds one write's expressions. Placeholders are numbered in order of
+/// first use: `#n<i>` names `names[i]`, `:v<i>` is `values[i]`. This runs
+/// for every item (dry runs included), so it writes each expression into one
+/// string and keeps the placeholders in vectors (a write has a handful).
 #[derive(Default)]
 struct Builder {
-    names: HashMap<String, String>,
-    by_name: HashMap<String, String>,
-    values: HashMap<String, AttributeValue>,
-    conditions: Vec<String>,
+    names: Vec<String>,
+    values: Vec<AttributeValue>,
+    condition: String,
     changed: Vec<String>,
+    filter: Option<Filter>,
 }
 
 impl Builder {
-    fn name(&mut self, name: &str) -> String {
-        if let Some(p) = self.by_name.get(name) {
-            return p.clone();
+    /// The placeholder index of attribute `name`.
+    fn name(&mut self, name: &str) -> usize {
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return i;
         }
-        let p = format!("#n{}", self.by_name.len());
-        self.by_name.insert(name.to_owned(), p.clone());
-        self.names.insert(p.clone(), name.to_owned());
-        p
+        self.names.push(name.to_owned());
+        self.names.len() - 1
     }
 
-    fn value(&mut self, value: AttributeValue) -> String {
-        let p = format!(":v{}", self.values.len());
-        self.values.insert(p.clone(), value);
-        p
+    /// The placeholder index of a new value.
+    fn value(&mut self, value: AttributeValue) -> usize {
+        self.values.push(value);
+        self.values.len() - 1
+    }
+
+    fn and(&mut self) {
+        if !self.condition.is_empty() {
+            self.condition.push_str(" AND ");
+        }
     }
 
     /// The item must still exist (its first key attribute is present) and every
@@ -273,19 +307,29 @@ impl Builder {
     ) {
         if let Some(k) = keys.first() {
             let n = self.name(k);
-            self.conditions.push(format!("attribute_exists({n})"));
+            self.and();
+            self.condition.push_str("attribute_exists(");
+            push_name(&mut self.condition, n);
+            self.condition.push(')');
         }
         for name in guarded {
             if keys.iter().any(|k| k == name) {
                 continue; // the key addresses the item; it cannot differ
             }
             let n = self.name(name);
+            self.and();
             match old.get(name) {
                 Some(v) => {
                     let v = self.value(v.clone());
-                    self.conditions.push(format!("{n} = {v}"));
+                    push_name(&mut self.condition, n);
+                    self.condition.push_str(" = ");
+                    push_value(&mut self.condition, v);
                 }
-                None => self.conditions.push(format!("attribute_not_exists({n})")),
+                None => {
+                    self.condition.push_str("attribute_not_exists(");
+                    push_name(&mut self.condition, n);
+                    self.condition.push(')');
+                }
             }
         }
     }
@@ -293,18 +337,35 @@ impl Builder {
     /// The item must still match the scan filter.
     fn filter(&mut self, filter: Option<&Filter>) {
         if let Some(f) = filter {
-            self.conditions.push(format!("({})", f.expr));
-            self.names.extend(f.names.clone());
-            self.values.extend(f.values.clone());
+            self.and();
+            self.condition.push('(');
+            self.condition.push_str(&f.expr);
+            self.condition.push(')');
+            self.filter = Some(f.clone());
         }
     }
 
-    fn finish(self) -> Expr {
+    fn finish(self, update: String) -> Expr {
+        let extra = self.filter.as_ref();
+        let mut names =
+            HashMap::with_capacity(self.names.len() + extra.map_or(0, |f| f.names.len()));
+        for (i, name) in self.names.into_iter().enumerate() {
+            names.insert(placeholder(push_name, i), name);
+        }
+        let mut values =
+            HashMap::with_capacity(self.values.len() + extra.map_or(0, |f| f.values.len()));
+        for (i, value) in self.values.into_iter().enumerate() {
+            values.insert(placeholder(push_value, i), value);
+        }
+        if let Some(f) = self.filter {
+            names.extend(f.names);
+            values.extend(f.values);
+        }
         Expr {
-            update: String::new(),
-            condition: self.conditions.join(" AND "),
-            names: self.names,
-            values: self.values,
+            update,
+            condition: self.condition,
+            names,
+            values,
             changed: self.changed,
         }
     }

@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::migration::{Attrs, Change, Item, TransformError};
-use crate::pipeline::diff::key_of;
 use crate::pipeline::scan::Page;
 use crate::pipeline::write::{ItemOutcome, Writer};
 use crate::report::Counts;
@@ -109,16 +108,12 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
     };
     let mut results = stream::iter(items)
         .map(|pending| async move {
-            let key = match &pending {
-                Pending::Scanned(attrs) => key_of(&writer.keys, attrs),
-                Pending::Transformed(item, _) => key_of(&writer.keys, item.scanned()),
-            };
             // After a fatal error in this page, only items already started
             // finish; the page is then not acknowledged, so a resume redoes it.
             // A graceful stop (Ctrl-C) finishes the page instead, so that it is
             // acknowledged and the run's totals stay exact.
             if abort.load(Relaxed) {
-                return (key, None);
+                return None;
             }
             let r = match pending {
                 Pending::Transformed(item, change) => writer.apply_transformed(item, change).await,
@@ -127,7 +122,7 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
             if r.is_err() {
                 abort.store(true, Relaxed);
             }
-            (key, Some(r))
+            Some(r)
         })
         .buffer_unordered(pool.item_concurrency.max(1));
     let mut fatal = None;
@@ -137,7 +132,7 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
     };
     let conflicts_before = pool.stats.conflicts.load(Relaxed);
     let mut skipped = 0u64;
-    while let Some((key, result)) = results.next().await {
+    while let Some(result) = results.next().await {
         let Some(result) = result else {
             skipped += 1;
             continue;
@@ -155,7 +150,7 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
                 counts.deleted += 1;
                 Stats::inc(&pool.stats.deleted)
             }
-            Ok(ItemOutcome::Failed(reason)) => {
+            Ok(ItemOutcome::Failed { key, reason }) => {
                 counts.failed += 1;
                 Stats::inc(&pool.stats.failed);
                 tracing::warn!(table = %writer.table, migration = writer.migration.id(), key = %crate::state::deadletter::to_json(&key), error = %reason, "item failed; recorded in the dead-letter file");

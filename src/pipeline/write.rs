@@ -40,8 +40,13 @@ pub enum ItemOutcome {
     Updated,
     /// Deleted (or would be).
     Deleted,
-    /// Not written; the reason goes to the dead-letter file.
-    Failed(String),
+    /// Not written; the item's key and the reason go to the dead-letter file.
+    Failed {
+        /// The item's key attributes.
+        key: Attrs,
+        /// Why it was not written.
+        reason: String,
+    },
 }
 
 /// Applies one migration to items of one table.
@@ -152,26 +157,32 @@ impl Writer {
         item: Item,
         change: Result<Change, String>,
     ) -> Result<ItemOutcome, Error> {
+        // The key is extracted only where it is used (a write, a sample, a
+        // failure): this runs for every item.
+        let failed = |attrs: &Attrs, reason: String| ItemOutcome::Failed {
+            key: diff::key_of(&self.keys, attrs),
+            reason,
+        };
         let mut next = (item, change);
+        let mut last_key = Attrs::new();
         for _ in 0..=MAX_CONFLICT_RETRIES {
             let (item, change) = next;
             let change = match change {
                 Ok(change) => change,
-                Err(failure) => return Ok(ItemOutcome::Failed(failure)),
+                Err(failure) => return Ok(failed(item.scanned(), failure)),
             };
-            let read = item.read_set();
-            let attrs_now = item.into_attrs();
+            let (attrs_now, read) = item.into_parts();
             if let Some(outside) = self.outside_projection(&read, &change) {
                 // An attribute the scan did not fetch looks absent: a removal
                 // would be skipped and a guard would fail forever.
-                return Ok(ItemOutcome::Failed(format!(
+                return Ok(failed(&attrs_now, format!(
                     "the transform reads or writes attribute {outside:?}, which the migration's scan projection does not fetch; \
                      add it to scan_options().projection"
                 )));
             }
             let planned = match diff::plan(&self.keys, &attrs_now, &read, &change, &self.guard) {
                 Ok(p) => p,
-                Err(e) => return Ok(ItemOutcome::Failed(e.to_string())),
+                Err(e) => return Ok(failed(&attrs_now, e.to_string())),
             };
             if planned == Planned::Unchanged {
                 return Ok(ItemOutcome::Unchanged);
@@ -180,17 +191,17 @@ impl Writer {
             if let Err(e) =
                 crate::pipeline::validate::check(&self.index_keys, &attrs_now, &change, &planned)
             {
-                return Ok(ItemOutcome::Failed(e.to_string()));
+                return Ok(failed(&attrs_now, e.to_string()));
             }
-            let key = diff::key_of(&self.keys, &attrs_now);
             if self.dry_run {
                 // Samples and the write estimate are for the dry-run report.
+                let key = || diff::key_of(&self.keys, &attrs_now);
                 match &planned {
                     Planned::Update(e) => self
                         .stats
-                        .offer_sample(|| sample_update(&key, &attrs_now, &change, e)),
+                        .offer_sample(|| sample_update(&key(), &attrs_now, &change, e)),
                     Planned::Delete(_) => self.stats.offer_sample(|| Sample {
-                        key: crate::state::deadletter::to_json(&key).to_string(),
+                        key: crate::state::deadletter::to_json(&key()).to_string(),
                         change: SampleChange::Delete,
                     }),
                     Planned::Unchanged => {}
@@ -204,7 +215,11 @@ impl Writer {
                     _ => ItemOutcome::Updated,
                 });
             }
-            let sent = self.send(&key, &attrs_now, &planned).await;
+            let key = diff::key_of(&self.keys, &attrs_now);
+            // Boxed, here and below: the SDK's request futures are large, and
+            // inline they would make every item's future (moved into the
+            // worker's FuturesUnordered for every item, written or not) as large.
+            let sent = Box::pin(self.send(&key, &attrs_now, &planned)).await;
             if sent.is_err() {
                 // The lock is gone: the item is not this runner's to write any more.
                 if let Some(fence) = self.fence.as_ref().filter(|f| !f.held()) {
@@ -225,26 +240,36 @@ impl Writer {
                 Err(e) => match e.class_for(Call::ItemWrite) {
                     Class::ConditionFailed => {
                         Stats::inc(&self.stats.conflicts);
-                        match self.reread(&key, item_size(&attrs_now)).await? {
-                            Some(fresh) => next = self.transform(fresh).await,
+                        let fresh = Box::pin(self.reread(&key, item_size(&attrs_now))).await?;
+                        last_key = key;
+                        match fresh {
+                            Some(fresh) => next = Box::pin(self.transform(fresh)).await,
                             // Deleted by someone else in between, or no longer
                             // matching the scan filter: nothing left to migrate.
                             None => return Ok(ItemOutcome::Unchanged),
                         }
                     }
-                    Class::Item => return Ok(ItemOutcome::Failed(e.to_string())),
+                    Class::Item => {
+                        return Ok(ItemOutcome::Failed {
+                            key,
+                            reason: e.to_string(),
+                        })
+                    }
                     // `send` retried for the whole budget: a hot key, not the run's rate.
                     Class::Throttle | Class::Transient => {
-                        return Ok(ItemOutcome::Failed(format!(
-                            "still failing after retrying for {} (--retry-budget): {e}",
-                            self.backoff
-                                .budget
-                                .map(|b| format!("{}s", b.as_secs_f64()))
-                                .unwrap_or_else(|| format!(
-                                    "{} attempts",
-                                    self.backoff.max_attempts
-                                ))
-                        )))
+                        return Ok(ItemOutcome::Failed {
+                            key,
+                            reason: format!(
+                                "still failing after retrying for {} (--retry-budget): {e}",
+                                self.backoff
+                                    .budget
+                                    .map(|b| format!("{}s", b.as_secs_f64()))
+                                    .unwrap_or_else(|| format!(
+                                        "{} attempts",
+                                        self.backoff.max_attempts
+                                    ))
+                            ),
+                        })
                     }
                     _ => {
                         return Err(Error::aws(
@@ -260,10 +285,13 @@ impl Writer {
                 },
             }
         }
-        Ok(ItemOutcome::Failed(format!(
-            "the item changed under every one of {} attempts; it is being written concurrently",
-            MAX_CONFLICT_RETRIES + 1
-        )))
+        Ok(ItemOutcome::Failed {
+            key: last_key,
+            reason: format!(
+                "the item changed under every one of {} attempts; it is being written concurrently",
+                MAX_CONFLICT_RETRIES + 1
+            ),
+        })
     }
 
     /// The first attribute the transform touched that a projected scan did not fetch.

@@ -81,12 +81,15 @@ impl<'js> Call<'_, 'js> {
         let writes: Array = result.get(2)?;
         let enumerated: bool = result.get(3)?;
         let mut candidates = BTreeSet::new();
+        let mut read = Vec::with_capacity(reads.len());
         for name in reads.iter::<String>() {
             let name = name?;
-            if item.get(&name).is_some_and(mutable_in_place) {
-                candidates.insert(name);
+            if scanned.get(&name).is_some_and(mutable_in_place) {
+                candidates.insert(name.clone());
             }
+            read.push(name);
         }
+        item.note_reads(read);
         if enumerated {
             for (name, value) in item.attrs() {
                 if mutable_in_place(value) {

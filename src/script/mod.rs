@@ -287,4 +287,23 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn an_item_kept_by_the_script_cannot_be_used_for_a_later_item() {
+        let item = |pk: &str| HashMap::from([("pk".to_string(), V::S(pk.into()))]);
+        let out = transform(
+            "let kept; export default { description: 'd', transform(item) { \
+               if (kept === undefined) { kept = item; item.a = 1; return; } \
+               item.b = kept.pk; } };",
+            vec![item("first"), item("second"), item("third")],
+        );
+        assert!(matches!(&out[0].1, Ok(Change::Update(_))), "{:?}", out[0].1);
+        for (_, later) in &out[1..] {
+            let e = later.as_ref().unwrap_err();
+            assert!(
+                e.0.contains("transform has returned") && e.0.contains("20250101_t.js:1"),
+                "{e}"
+            );
+        }
+    }
 }

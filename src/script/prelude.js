@@ -58,37 +58,87 @@
   const log = (...args) => nativeLog(args.map(show).join(" "));
   globalThis.console = Object.freeze({ log, info: log, warn: log, error: log, debug: log });
 
-  // The read tracker. One item is transformed at a time per engine.
+  // The read tracker. One item is transformed at a time per engine. The
+  // traps run several times per item and `run` once per item, so they are
+  // written for QuickJS's interpreter: no helper calls and no allocation on
+  // the common path (`a[a.length] = k`, not `a.push(k)`; arrays emptied and
+  // reused, not created).
   const hasOwn = Object.prototype.hasOwnProperty;
-  let reads = [];
-  let writes = [];
+  const ObjectProto = Object.prototype;
+  const reads = [];
+  const writes = [];
+  // What `run` returns, reused: [status, reads, writes, enumerated, what, where, defined].
+  const result = [0, reads, writes, false, "", null, ""];
   let all = false;
+  // The target of the item being transformed: a proxy whose target is not
+  // this one belongs to an item whose transform has returned.
+  let current = null;
   // The stack where the transform first changed a key attribute or assigned
   // a number DynamoDB cannot store, by attribute name: the item's dead
   // letter names that line.
   let where = null;
+  // The run's key attribute names, as an object without prototype: name -> true.
   let keys = null;
+  let keysCtx = null;
   const keysOf = new WeakMap();
-  const noKeys = new Set();
-  const watch = (k, v) => {
-    if (keys.has(k) || (typeof v === "number" && !Number.isFinite(v))) {
-      if (where === null) where = {};
-      if (!hasOwn.call(where, k)) where[k] = new Error().stack;
-    }
+  const noKeys = Object.freeze(Object.create(null));
+  const gone = () => {
+    throw new TypeError("this item's transform has returned: a migration cannot keep an item and use it later");
   };
-  const note = (t, k) => {
-    // Object.prototype's members (toString, hasOwnProperty...) are not
-    // attributes unless the item has one of that name.
-    if (typeof k === "string" && (!(k in Object.prototype) || hasOwn.call(t, k))) reads.push(k);
+  const mark = (k) => {
+    if (where === null) where = {};
+    if (!hasOwn.call(where, k)) where[k] = new Error().stack;
   };
+  // A read of `k`. Object.prototype's members (toString, hasOwnProperty...)
+  // are not attributes unless the item has one of that name.
   const handler = {
-    get(t, k) { note(t, k); return t[k]; },
-    has(t, k) { note(t, k); return k in t; },
-    getOwnPropertyDescriptor(t, k) { note(t, k); return Reflect.getOwnPropertyDescriptor(t, k); },
-    ownKeys(t) { all = true; return Reflect.ownKeys(t); },
-    set(t, k, v) { if (typeof k === "string") { writes.push(k); watch(k, v); } t[k] = v; return true; },
-    defineProperty(t, k, d) { if (typeof k === "string") { writes.push(k); watch(k, d.value); } return Reflect.defineProperty(t, k, d); },
-    deleteProperty(t, k) { if (typeof k === "string") { writes.push(k); watch(k); } return delete t[k]; },
+    get(t, k) {
+      if (t !== current) gone();
+      if (typeof k === "string" && (!(k in ObjectProto) || hasOwn.call(t, k))) reads[reads.length] = k;
+      return t[k];
+    },
+    has(t, k) {
+      if (t !== current) gone();
+      if (typeof k === "string" && (!(k in ObjectProto) || hasOwn.call(t, k))) reads[reads.length] = k;
+      return k in t;
+    },
+    getOwnPropertyDescriptor(t, k) {
+      if (t !== current) gone();
+      if (typeof k === "string" && (!(k in ObjectProto) || hasOwn.call(t, k))) reads[reads.length] = k;
+      return Reflect.getOwnPropertyDescriptor(t, k);
+    },
+    ownKeys(t) {
+      if (t !== current) gone();
+      all = true;
+      return Reflect.ownKeys(t);
+    },
+    set(t, k, v) {
+      if (t !== current) gone();
+      if (typeof k === "string") {
+        writes[writes.length] = k;
+        // NaN and the infinities are the numbers with v - v !== 0.
+        if (keys[k] === true || (typeof v === "number" && v - v !== 0)) mark(k);
+      }
+      t[k] = v;
+      return true;
+    },
+    defineProperty(t, k, d) {
+      if (t !== current) gone();
+      if (typeof k === "string") {
+        writes[writes.length] = k;
+        const v = d.value;
+        if (keys[k] === true || (typeof v === "number" && v - v !== 0)) mark(k);
+      }
+      return Reflect.defineProperty(t, k, d);
+    },
+    deleteProperty(t, k) {
+      if (t !== current) gone();
+      if (typeof k === "string") {
+        writes[writes.length] = k;
+        if (keys[k] === true) mark(k);
+      }
+      return delete t[k];
+    },
     setPrototypeOf() { return false; },
   };
 
@@ -102,28 +152,34 @@
   };
 
   // Runs migration.transform on the item `target` through the tracker.
-  // Returns [status, reads, writes, enumerated, what, where, defined]:
-  // status 0 applies the item's changes, 1 deletes it, 2 is a return value
-  // that is neither (`what` describes it, `defined` is the transform's
-  // file:line); `where` is null or the stacks of the writes `watch` noted.
+  // Returns [status, reads, writes, enumerated, what, where, defined] (one
+  // array, reused: read it before the next call): status 0 applies the
+  // item's changes, 1 deletes it, 2 is a return value that is neither
+  // (`what` describes it, `defined` is the transform's file:line); `where`
+  // is null or the stacks of the writes `mark` noted. A throw leaves
+  // `current` set until the next call, when no script runs.
   function run(migration, target, ctx) {
-    reads = [];
-    writes = [];
+    reads.length = 0;
+    writes.length = 0;
     all = false;
     where = null;
-    keys = keysOf.get(ctx) || noKeys;
-    const { proxy, revoke } = Proxy.revocable(target, handler);
-    let r;
-    try {
-      r = migration.transform(proxy, ctx);
-    } finally {
-      // A script that kept the item cannot read or change it later.
-      revoke();
+    if (ctx !== keysCtx) {
+      keysCtx = ctx;
+      keys = keysOf.get(ctx) || noKeys;
     }
+    current = target;
+    const proxy = new Proxy(target, handler);
+    const r = migration.transform(proxy, ctx);
+    current = null;
     const status = r === undefined || r === proxy ? 0 : r === DELETE ? 1 : 2;
-    return status === 2
-      ? [status, reads, writes, all, describe(r), where, at(migration.transform)]
-      : [status, reads, writes, all, "", where];
+    result[0] = status;
+    result[3] = all;
+    result[5] = where;
+    if (status === 2) {
+      result[4] = describe(r);
+      result[6] = at(migration.transform);
+    }
+    return result;
   }
 
   // The value of an own property, or `absent`.
@@ -138,7 +194,9 @@
   // attributes are `keyNames`.
   const context = (tableName, dryRun, keyNames) => {
     const c = Object.freeze({ tableName, dryRun, log });
-    keysOf.set(c, new Set(keyNames));
+    const names = Object.create(null);
+    for (const k of keyNames) names[k] = true;
+    keysOf.set(c, Object.freeze(names));
     return c;
   };
 

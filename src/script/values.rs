@@ -42,9 +42,29 @@ pub fn exact_f64(text: &str) -> Option<f64> {
     if let Ok(i) = text.parse::<i64>() {
         return (i.unsigned_abs() <= 1 << 53).then_some(i as f64);
     }
+    // A plain decimal of at most 15 digits is exact too: a double holds any
+    // 15 significant digits (DBL_DIG), so it reads back as the same decimal.
+    if plain_decimal_digits(text).is_some_and(|d| d <= 15) {
+        return text.parse().ok();
+    }
     let v: f64 = text.parse().ok()?;
     let back = crate::dynamo::number::Number::from_f64(v)?;
     (canonical(back.as_str()) == canonical(text)).then_some(v)
+}
+
+/// The number of digits of `-123.45`-shaped text (no exponent); `None` for
+/// any other shape.
+fn plain_decimal_digits(text: &str) -> Option<usize> {
+    let mut digits = 0;
+    let mut dot = false;
+    for b in text.strip_prefix('-').unwrap_or(text).bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b'.' if !dot => dot = true,
+            _ => return None,
+        }
+    }
+    (digits > 0).then_some(digits)
 }
 
 /// An attribute value as a JS value.
@@ -320,6 +340,9 @@ mod tests {
     #[test]
     fn a_number_is_a_js_number_only_when_exact() {
         assert_eq!(exact_f64("12"), Some(12.0));
+        assert_eq!(exact_f64("1234.5"), Some(1234.5));
+        assert_eq!(exact_f64("-12345678901234.5"), Some(-12345678901234.5));
+        assert_eq!(exact_f64("0.12345678901234567"), None);
         assert_eq!(exact_f64("12.50"), Some(12.5));
         assert_eq!(exact_f64("0.1"), Some(0.1));
         assert_eq!(exact_f64("-3e-7"), Some(-3e-7));

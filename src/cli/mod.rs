@@ -220,6 +220,8 @@ pub enum LogFormat {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of `run`'s flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run pending migrations (all of them in id order, or the one given by --migration).
@@ -299,6 +301,11 @@ pub struct RunArgs {
     /// (asks for confirmation unless --yes).
     #[arg(long)]
     pub restart: bool,
+    /// Share the run with every process given this same command: start it if
+    /// none is in progress, else join it; each process leases segments in the
+    /// state table (run K copies on K machines).
+    #[arg(long, conflicts_with = "restart")]
+    pub join: bool,
     /// Do not ask for confirmation (for --restart in scripts).
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -445,6 +452,7 @@ impl RunArgs {
             restart: self.restart,
             version_attribute: self.version_attribute.clone(),
             lease: self.lease,
+            join: self.join,
         }
     }
 }

@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use aws_sdk_dynamodb::Client;
 
+use crate::dynamo::value::Attrs;
 use crate::error::{Error, Result};
 use crate::migration::Migration;
+use crate::state::checkpoint::SegmentState;
 use crate::state::checkpoint::{RunState, Store};
+use crate::state::lease::{self, MemberInfo, SegmentLease};
 use crate::state::ledger::{Entry, Ledger, Status};
 use crate::state::lock::{self, Holder};
 
@@ -27,6 +30,17 @@ pub struct Row {
     pub run: Option<RunState>,
     /// Who holds the run's lock now, if anyone.
     pub holder: Option<Holder>,
+    /// For a run shared with `--join`: its live members and each segment's lease.
+    pub shared: Option<Shared>,
+}
+
+/// What `status` shows of a run shared with `--join`.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Members whose lease has not run out by their own clock (display only).
+    pub members: Vec<MemberInfo>,
+    /// Each segment's lease, if held.
+    pub leases: Vec<Option<SegmentLease>>,
 }
 
 /// Reads the ledger, checkpoints and lock for every migration (on `table`, or
@@ -46,12 +60,27 @@ pub async fn collect(
             Error::Usage(format!("migration {} names no table; pass --table", m.id()))
         })?;
         let entry = ledger.get(t, m.id()).await?;
-        let run = Store::new(client.clone(), ledger.table(), t, m.id())
-            .load()
+        let (items, run) = Store::new(client.clone(), ledger.table(), t, m.id())
+            .load_items()
             .await?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
         let holder = lock::holder(client, ledger.table(), t, m.id())
             .await?
-            .filter(|h| h.expires_ms > chrono::Utc::now().timestamp_millis());
+            .filter(|h| h.expires_ms > now_ms);
+        let shared = match (&run, &holder) {
+            (Some(run), Some(h)) if h.mode.as_deref() == Some(lock::JOIN_MODE) => {
+                let members = lease::members(client, ledger.table(), t, m.id())
+                    .await?
+                    .into_iter()
+                    .filter(|m| m.expires_ms > now_ms)
+                    .collect();
+                Some(Shared {
+                    members,
+                    leases: leases(&items, run),
+                })
+            }
+            _ => None,
+        };
         let mut status = entry.as_ref().map(|e| e.status).unwrap_or(Status::Pending);
         if status == Status::InProgress && holder.is_none() {
             // The ledger says running but nobody holds the lock: it died.
@@ -64,6 +93,7 @@ pub async fn collect(
             entry,
             run,
             holder,
+            shared,
         });
     }
     Ok(rows)
@@ -132,7 +162,9 @@ pub fn render(rows: &[Row]) -> String {
                 run.checkpoint_at.as_deref().unwrap_or("none yet")
             );
         }
-        if let Some(h) = &r.holder {
+        if let (Some(run), Some(shared)) = (&r.run, &r.shared) {
+            render_shared(&mut out, run, shared);
+        } else if let Some(h) = &r.holder {
             let until = chrono::DateTime::from_timestamp_millis(h.expires_ms)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                 .unwrap_or_default();
@@ -144,4 +176,72 @@ pub fn render(rows: &[Row]) -> String {
         }
     }
     out
+}
+
+/// Each segment's lease in a run's partition (rows of this run only).
+fn leases(items: &[Attrs], run: &RunState) -> Vec<Option<SegmentLease>> {
+    let mut out = vec![None; run.total_segments as usize];
+    for item in items {
+        let s = |k: &str| item.get(k).and_then(|v| v.as_s().ok());
+        let Some(i) = s("sk")
+            .and_then(|sk| sk.strip_prefix("segment#"))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if i < out.len() && s("run_id") == Some(&run.run_id) {
+            out[i] = lease::decode_lease(item);
+        }
+    }
+    out
+}
+
+/// Most segments listed one per line under a shared run.
+const SEGMENT_LINES: usize = 50;
+
+/// The live processes of a shared run, its segments done/leased/free, and
+/// each unfinished segment's progress (a long pole shows as the segment
+/// still leased when the others are done).
+fn render_shared(out: &mut String, run: &RunState, shared: &Shared) {
+    let _ = writeln!(
+        out,
+        "    shared run (--join): {} live process(es)",
+        shared.members.len()
+    );
+    for m in &shared.members {
+        let _ = writeln!(out, "      {} (pid {}) since {}", m.owner, m.pid, m.since);
+    }
+    let done = run.segments_done();
+    let leased = shared.leases.iter().flatten().count();
+    let free = run.segments.len() - done - leased;
+    let _ = writeln!(
+        out,
+        "    segments: {done} done, {leased} leased, {free} free (of {})",
+        run.total_segments
+    );
+    let unfinished: Vec<usize> = (0..run.segments.len())
+        .filter(|i| run.segments[*i] != SegmentState::Done)
+        .collect();
+    for i in unfinished.iter().take(SEGMENT_LINES) {
+        let scanned = run.segment_counts[*i].scanned;
+        let place = match &run.segments[*i] {
+            SegmentState::Start => "not started",
+            _ => "checkpointed",
+        };
+        let who = match &shared.leases[*i] {
+            Some(l) => format!("leased by {} (pid {})", l.owner, l.pid),
+            None => "free".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "      segment {i}: {scanned} items done, {place}, {who}"
+        );
+    }
+    if unfinished.len() > SEGMENT_LINES {
+        let _ = writeln!(
+            out,
+            "      ... and {} more",
+            unfinished.len() - SEGMENT_LINES
+        );
+    }
 }

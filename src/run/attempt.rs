@@ -80,6 +80,7 @@ pub(super) async fn run(
         store: &store,
         labels: &labels,
         observer,
+        shared: None,
     };
     let (result, state) = data.run(client, prepared, state, &mut report).await;
     report.outcome = outcome::outcome(Ending {
@@ -99,7 +100,7 @@ pub(super) async fn run(
 
 /// Exports the run's series at 0 and marks it running; the labels and the
 /// start time serve the end's mark.
-fn start_metrics(prepared: &Prepared) -> (metrics::RunLabels, f64) {
+pub(super) fn start_metrics(prepared: &Prepared) -> (metrics::RunLabels, f64) {
     let labels = metrics::RunLabels {
         migration: prepared.migration.id().to_owned(),
         table: prepared.table.name.clone(),
@@ -111,7 +112,7 @@ fn start_metrics(prepared: &Prepared) -> (metrics::RunLabels, f64) {
 }
 
 /// The report of a run that has done nothing yet.
-fn blank_report(prepared: &Prepared, outcome: Outcome) -> Report {
+pub(super) fn blank_report(prepared: &Prepared, outcome: Outcome) -> Report {
     Report {
         migration: prepared.migration.id().to_owned(),
         table: prepared.table.name.clone(),
@@ -146,7 +147,7 @@ fn all_done(state: &RunState) -> bool {
 ///
 /// # Errors
 /// The step's own error; the report then says it failed.
-async fn schema_step(
+pub(super) async fn schema_step(
     client: &Client,
     prepared: &Prepared,
     step: &SchemaStep,
@@ -216,6 +217,7 @@ impl Record<'_> {
             counts: report.total.unwrap_or(report.counts),
             schema: report.schema.as_deref(),
             dead_letters: &report.dead_letters,
+            run_id: None,
         };
         self.ledger.finish(&run, fence).await
     }

@@ -15,12 +15,14 @@ use tokio_util::sync::CancellationToken;
 use super::pipeline::{self, Pipes};
 use super::plan::Prepared;
 use crate::capacity::limiter::{Budget, Budgets};
+use crate::dynamo::value::Attrs;
 use crate::error::Error;
 use crate::metrics;
 use crate::report::{Capacity, Observer, Progress, Report, Stats};
 use crate::state::checkpoint::{self, Ack, RunState, SegmentState, Store};
 use crate::state::deadletter::DeadLetter;
 use crate::state::fence::Fence;
+use crate::state::lease::Member;
 
 /// What the data step needs besides the plan and the run's state.
 pub(super) struct Step<'a> {
@@ -30,6 +32,15 @@ pub(super) struct Step<'a> {
     pub store: &'a Store,
     pub labels: &'a metrics::RunLabels,
     pub observer: Option<Observer>,
+    /// In a run shared with `--join`: this process's membership and the
+    /// segments it claims (see `join`).
+    pub shared: Option<Shared>,
+}
+
+/// What the data step of a process in a run shared with `--join` takes.
+pub(super) struct Shared {
+    pub member: Arc<Member>,
+    pub claims: mpsc::Receiver<(u32, Option<Attrs>)>,
 }
 
 /// The checkpointer task: the final state and its count of state writes.
@@ -52,9 +63,13 @@ impl Step<'_> {
             read: Budget::new(prepared.read_limit),
             write: Budget::new(prepared.write_limit),
         });
+        let (member, claims) = match self.shared {
+            Some(Shared { member, claims }) => (Some(member), Some(claims)),
+            None => (None, None),
+        };
         let (acks, checkpointer) = match state.clone() {
             Some(st) => {
-                let (tx, task) = spawn_checkpointer(self.store, st, &stats, &dead_letter);
+                let (tx, task) = spawn_checkpointer(self.store, st, &stats, &dead_letter, member);
                 (Some(tx), Some(task))
             }
             None => (None, None),
@@ -83,6 +98,7 @@ impl Step<'_> {
                 Some(st) => st.segments.clone(),
                 None => vec![SegmentState::Start; prepared.segments as usize],
             },
+            claims,
             fence: self.fence,
         };
         let mut result = pipeline::run(client, prepared, pipes).await;
@@ -121,6 +137,7 @@ fn spawn_checkpointer(
     state: RunState,
     stats: &Stats,
     dead_letter: &Arc<DeadLetter>,
+    member: Option<Arc<Member>>,
 ) -> (mpsc::Sender<Ack>, Checkpointer) {
     let (tx, rx) = mpsc::channel(1024);
     let task = checkpoint::checkpointer(
@@ -129,6 +146,7 @@ fn spawn_checkpointer(
         rx,
         stats.checkpoint_saves.clone(),
         dead_letter.clone(),
+        member,
     );
     (tx, tokio::spawn(task))
 }

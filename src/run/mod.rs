@@ -8,6 +8,8 @@
 //! - `prepare`: looks at the table and makes the [`Prepared`] plan.
 //! - `resume`: resume or start, and the checks stored state must pass.
 //! - `attempt`: one attempt's steps, in order.
+//! - `join`: a process's part in a run shared with `--join` (join or start,
+//!   claim segments, finish once).
 //! - `data`: the data step: checkpointer, progress snapshots, the pipeline, the report.
 //! - `pipeline`: the scan and worker tasks and how the first error stops them.
 //! - `outcome`: how the run ended: outcome, ledger status, run-state metric.
@@ -25,6 +27,7 @@ use crate::state::lock;
 
 mod attempt;
 mod data;
+mod join;
 mod outcome;
 mod pipeline;
 pub mod plan;
@@ -102,6 +105,9 @@ pub async fn execute(
     let ledger = Ledger::new(client.clone(), plan.state_table.clone());
     if plan.dry_run {
         return attempt::run(client, prepared, shutdown, &ledger, None, observer).await;
+    }
+    if plan.join {
+        return join::execute(client, prepared, shutdown, observer).await;
     }
     ledger.ensure().await?;
     let lock = lock::acquire(

@@ -38,6 +38,9 @@ pub(super) struct Pipes {
     pub acks: Option<mpsc::Sender<Ack>>,
     /// Where each of the run's segments starts (one per segment).
     pub starts: Vec<SegmentState>,
+    /// In a run shared with `--join`: the segments this process claims, as it
+    /// claims them (`starts` is then unused); the scans end when it closes.
+    pub claims: Option<mpsc::Receiver<(u32, Option<Attrs>)>>,
     /// The lock's fence, which every data write attempt checks; `None` in dry runs.
     pub fence: Option<Fence>,
 }
@@ -69,7 +72,7 @@ fn scan_and_guard(migration: &dyn Migration, plan: &Plan) -> (ScanOptions, Guard
 /// # Errors
 /// The first fatal error of a scan or a worker, the error budget, or a panic.
 pub(super) async fn run(client: &Client, prepared: &Prepared, pipes: Pipes) -> Result<()> {
-    debug_assert_eq!(pipes.starts.len(), prepared.segments as usize);
+    debug_assert!(pipes.claims.is_some() || pipes.starts.len() == prepared.segments as usize);
     let plan = &prepared.plan;
     let (options, guard) = scan_and_guard(prepared.migration.as_ref(), plan);
     // The data path retries against a time budget, not a count.
@@ -99,7 +102,10 @@ pub(super) async fn run(client: &Client, prepared: &Prepared, pipes: Pipes) -> R
     let (tx, rx) = mpsc::channel(plan.workers.max(1));
     // Stops the scans: on shutdown, on a fatal error, on the error budget.
     let stop_scans = pipes.shutdown.child_token();
-    let scans = spawn_scans(scanner, pipes.starts, tx, stop_scans.clone());
+    let scans = match pipes.claims {
+        Some(claims) => spawn_claimed_scans(scanner, claims, tx, stop_scans.clone()),
+        None => spawn_scans(scanner, pipes.starts, tx, stop_scans.clone()),
+    };
     let workers = spawn_workers(&pool, rx, plan.workers.max(1), &stop_scans);
     collect(workers, scans, &pool, &stop_scans).await
 }
@@ -177,6 +183,41 @@ fn spawn_scans(
             }
         }
         Ok(())
+    })
+}
+
+/// Scans each segment claimed (`--join`) as it arrives, from its checkpoint;
+/// ends when the claims end or on `stop` (the scans in flight see it too).
+/// The claimer bounds how many segments are held, hence scanned, at once.
+fn spawn_claimed_scans(
+    scanner: Scanner,
+    claims: mpsc::Receiver<(u32, Option<Attrs>)>,
+    tx: mpsc::Sender<Page>,
+    stop: CancellationToken,
+) -> JoinHandle<Result<()>> {
+    let claims = stream::unfold(
+        claims,
+        |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+    );
+    tokio::spawn(async move {
+        let scanner = &scanner;
+        let mut scans = std::pin::pin!(claims
+            .map(|(segment, start)| scanner.segment(segment, start, tx.clone(), stop.clone()))
+            .buffer_unordered(MAX_CONCURRENT_SCANS));
+        loop {
+            let next = tokio::select! {
+                next = scans.next() => next,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            match next {
+                None => return Ok(()),
+                Some(Err(e)) => {
+                    stop.cancel();
+                    return Err(e);
+                }
+                Some(Ok(())) => {}
+            }
+        }
     })
 }
 

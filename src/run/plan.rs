@@ -56,6 +56,9 @@ pub struct Plan {
     /// How long the run's lock lease lasts without a renewal; another runner
     /// takes the lock over after seeing it unrenewed this long.
     pub lease: std::time::Duration,
+    /// Share the run with other processes given the same command (`--join`):
+    /// start it if none is in progress, else join it; segments are leased.
+    pub join: bool,
 }
 
 /// One capacity limit as the operator gave it.
@@ -108,6 +111,7 @@ impl Default for Plan {
             restart: false,
             version_attribute: None,
             lease: lock::DEFAULT_LEASE,
+            join: false,
         }
     }
 }

@@ -111,6 +111,7 @@ mod tests {
             checkpoint_at: None,
             segments: vec![SegmentState::Start; 2],
             segment_failed: vec![0; 2],
+            segment_counts: vec![Default::default(); 2],
             dead_letters: vec![],
         }
     }

@@ -38,7 +38,12 @@ use crate::dynamo::value::Attrs;
 use crate::error::{Error, Result};
 use crate::state::deadletter::DeadLetter;
 use crate::state::fence::{self, Fence};
+use crate::state::lease::Member;
 use crate::state::store::{check_layout, now, query_state, Counts, SCHEMA_VERSION};
+
+/// The header attribute saying a run shared with `--join` is complete (its
+/// ledger entry is being written and its rows deleted).
+pub const FINISHED: &str = "finished";
 
 /// Where one segment stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +79,9 @@ pub struct RunState {
     pub segments: Vec<SegmentState>,
     /// Items dead-lettered in each segment's acknowledged pages, over all attempts.
     pub segment_failed: Vec<u64>,
+    /// Counts of each segment's acknowledged pages, as its row stores them
+    /// (zero for rows written before rows carried counts).
+    pub segment_counts: Vec<Counts>,
     /// The dead-letter file of every attempt that had a failure, in order of
     /// first use (absolute paths, on the machine that ran the attempt).
     pub dead_letters: Vec<String>,
@@ -141,7 +149,7 @@ impl Store {
         })
     }
 
-    fn pk(&self) -> String {
+    pub(crate) fn pk(&self) -> String {
         format!("run#{}#{}", self.table, self.migration)
     }
 
@@ -163,6 +171,14 @@ impl Store {
     /// # Errors
     /// When the state cannot be read or does not decode; never guesses.
     pub async fn load(&self) -> Result<Option<RunState>> {
+        Ok(self.load_items().await?.1)
+    }
+
+    /// The run's partition as stored, and the run decoded from it (as [`Store::load`]).
+    ///
+    /// # Errors
+    /// As [`Store::load`].
+    pub(crate) async fn load_items(&self) -> Result<(Vec<Attrs>, Option<RunState>)> {
         let items = query_state(&self.client, &self.state_table, &self.pk())
             .await
             .map_err(|e| {
@@ -182,7 +198,7 @@ impl Store {
                 "ignoring a checkpoint that belongs to another run (written by a runner that had lost the lock); the segment is scanned from its start"
             );
         }
-        Ok(decoded.state)
+        Ok((items, decoded.state))
     }
 
     /// Creates the header of a new run.
@@ -207,10 +223,74 @@ impl Store {
             checkpoint_at: None,
             segments: vec![SegmentState::Start; total_segments as usize],
             segment_failed: vec![0; total_segments as usize],
+            segment_counts: vec![Counts::default(); total_segments as usize],
             dead_letters: Vec::new(),
         };
         self.put_header(&state).await?;
         Ok(state)
+    }
+
+    /// Creates the header of a new run shared with `--join`, unless another
+    /// process created one first: `settings` (the flags every process must
+    /// share, by attribute name) are stored in it, and `None` says the run
+    /// exists already (load it and join it).
+    ///
+    /// # Errors
+    /// When the state table cannot be written, or the lock was lost.
+    pub async fn create_shared(
+        &self,
+        total_segments: u32,
+        keys: &[String],
+        table_id: Option<String>,
+        settings: Attrs,
+    ) -> Result<Option<RunState>> {
+        let fence = self.fence()?.clone();
+        let mut state = RunState {
+            run_id: format!("{:016x}", rand::random::<u64>()),
+            total_segments,
+            keys: keys.to_vec(),
+            table_id,
+            counts: Counts::default(),
+            attempts: 1,
+            started_at: now(),
+            checkpoint_at: None,
+            segments: vec![SegmentState::Start; total_segments as usize],
+            segment_failed: vec![0; total_segments as usize],
+            segment_counts: vec![Counts::default(); total_segments as usize],
+            dead_letters: Vec::new(),
+        };
+        let mut item = self.header_item(&state, &state.counts);
+        item.extend(settings);
+        item.insert(
+            fence::ATTRIBUTE.into(),
+            AttributeValue::N(fence.epoch().to_string()),
+        );
+        let send = || {
+            let req = self
+                .client
+                .put_item()
+                .table_name(&self.state_table)
+                .set_item(Some(item.clone()))
+                .condition_expression("attribute_not_exists(#sk)")
+                .expression_attribute_names("#sk", "sk");
+            async move {
+                req.send()
+                    .await
+                    .map(|_| ())
+                    .map_err(crate::dynamo::classify::AwsError::from_sdk)
+            }
+        };
+        let what = format!(
+            "creating the run's header in state table {}",
+            self.state_table
+        );
+        match fence::attempt(&fence, &what, send).await? {
+            Some(()) => {
+                state.attempts = 1;
+                Ok(Some(state))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Writes the header (counts, attempts, times).
@@ -223,6 +303,12 @@ impl Store {
 
     /// Writes the header with `counts` in place of the state's own.
     async fn put_header_counting(&self, state: &RunState, counts: &Counts) -> Result<()> {
+        let item = self.header_item(state, counts);
+        self.put(item).await
+    }
+
+    /// The header item of `state` with `counts`.
+    fn header_item(&self, state: &RunState, counts: &Counts) -> Attrs {
         let mut item: Attrs = HashMap::from([
             ("pk".into(), AttributeValue::S(self.pk())),
             ("sk".into(), AttributeValue::S("run".into())),
@@ -273,7 +359,7 @@ impl Store {
             );
         }
         counts.store(&mut item);
-        self.put(item).await
+        item
     }
 
     async fn put(&self, item: Attrs) -> Result<()> {
@@ -292,14 +378,14 @@ impl Store {
         segment: u32,
         run_id: &str,
         state: &SegmentState,
-        failed: u64,
+        counts: &Counts,
     ) -> Result<()> {
         let mut item: Attrs = HashMap::from([
             ("pk".into(), AttributeValue::S(self.pk())),
             ("sk".into(), AttributeValue::S(format!("segment#{segment}"))),
             ("run_id".into(), AttributeValue::S(run_id.to_owned())),
-            ("failed".into(), AttributeValue::N(failed.to_string())),
         ]);
+        counts.store(&mut item);
         match state {
             SegmentState::Start => return Ok(()),
             SegmentState::Done => {
@@ -310,6 +396,47 @@ impl Store {
             }
         }
         self.put(item).await
+    }
+
+    /// Marks the header of run `run_id` finished (a run shared with `--join`,
+    /// every segment done): from now on no process claims its segments, even
+    /// while its rows are being deleted. `false` when the header is gone or
+    /// belongs to another run.
+    ///
+    /// # Errors
+    /// When the state table cannot be written, or the lock was lost.
+    pub async fn mark_finished(&self, run_id: &str) -> Result<bool> {
+        let fence = self.fence()?;
+        let send = || {
+            let req = self
+                .client
+                .update_item()
+                .table_name(&self.state_table)
+                .key("pk", AttributeValue::S(self.pk()))
+                .key("sk", AttributeValue::S("run".into()))
+                .update_expression("SET #finished = :yes")
+                .condition_expression(format!("#run = :run AND ({})", fence::UPDATE_CONDITION))
+                .expression_attribute_names("#finished", FINISHED)
+                .expression_attribute_names("#run", "run_id")
+                .expression_attribute_names("#fence", fence::ATTRIBUTE)
+                .expression_attribute_values(":yes", AttributeValue::Bool(true))
+                .expression_attribute_values(":run", AttributeValue::S(run_id.to_owned()))
+                .expression_attribute_values(
+                    ":fence",
+                    AttributeValue::N(fence.epoch().to_string()),
+                );
+            async move {
+                req.send()
+                    .await
+                    .map(|_| ())
+                    .map_err(crate::dynamo::classify::AwsError::from_sdk)
+            }
+        };
+        let what = format!(
+            "marking the run finished in state table {}",
+            self.state_table
+        );
+        Ok(fence::attempt(fence, &what, send).await?.is_some())
     }
 
     /// Deletes the run's header and checkpoints (after success, or on --restart).
@@ -407,10 +534,16 @@ pub(crate) fn decode(items: &[Attrs]) -> std::result::Result<Decoded, String> {
         }
         decode_segment(item, num, &mut state)?;
     }
-    // The segment rows' failures are saved with their checkpoints; the
+    // The segment rows' counts are saved with their checkpoints; the
     // header's may lag by one round (or be all there is, from a version
-    // that did not count per segment).
-    state.counts.failed = state.counts.failed.max(state.segment_failed.iter().sum());
+    // that did not count per segment), or be missing (a run shared with
+    // --join keeps its counts on the segment rows only).
+    let mut sum = Counts::default();
+    for c in &state.segment_counts {
+        sum.add(c);
+    }
+    sum.failed = sum.failed.max(state.segment_failed.iter().sum());
+    state.counts = state.counts.max(&sum);
     Ok(Decoded {
         state: Some(state),
         foreign,
@@ -465,6 +598,7 @@ fn decode_header(header: &Attrs) -> std::result::Result<RunState, String> {
         checkpoint_at: s("checkpoint_at"),
         segments: vec![SegmentState::Start; total_segments as usize],
         segment_failed: vec![0; total_segments as usize],
+        segment_counts: vec![Counts::default(); total_segments as usize],
         dead_letters: strings("dead_letters", "dead-letter file names")?.unwrap_or_default(),
     })
 }
@@ -491,8 +625,19 @@ fn decode_segment(
             }
             SegmentState::At(key.clone())
         }
+        // A segment claimed in a run shared with --join, before its first
+        // checkpoint (or released then): at its start.
+        (None, None) if item.contains_key("run_id") => SegmentState::Start,
         _ => return Err(format!("for segment {i} does not decode")),
     };
+    state.segment_counts[i] = Counts::load(|k| match item.get(k) {
+        None => Ok(0),
+        Some(v) => v
+            .as_n()
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("for segment {i} has a malformed {k} count")),
+    })?;
     state.segment_failed[i] = match item.get("failed") {
         None => 0,
         Some(v) => v
@@ -545,6 +690,12 @@ impl Watermark {
 /// is named there first. A checkpoint therefore never moves past a failure
 /// that is not on disk, in a file the run's state names.
 ///
+/// In a run shared with `--join` (`shared` is this process's membership),
+/// `state` holds this process's counts only (each segment's from zero):
+/// segments are saved under their leases with the counts of every holder
+/// (see [`crate::state::lease::Member::save`]), the dead-letter file is
+/// appended to the header's list, and the header is not rewritten.
+///
 /// Returns the counts of the acknowledged pages (added to `state.counts`) and
 /// the number of state-table writes made.
 ///
@@ -557,6 +708,7 @@ pub async fn checkpointer(
     mut rx: mpsc::Receiver<Ack>,
     saves: Arc<std::sync::atomic::AtomicU64>,
     dead_letter: Arc<DeadLetter>,
+    shared: Option<Arc<Member>>,
 ) -> Result<(RunState, u64)> {
     let mut mark = Watermark::new(state.total_segments as usize);
     // Segments that start in the middle have their resume key already saved.
@@ -569,6 +721,7 @@ pub async fn checkpointer(
             for a in mark.ack(ack) {
                 state.counts.add(&a.counts);
                 state.segment_failed[a.segment as usize] += a.counts.failed;
+                state.segment_counts[a.segment as usize].add(&a.counts);
                 state.segments[a.segment as usize] = match a.last_key {
                     Some(k) => SegmentState::At(k),
                     None => SegmentState::Done,
@@ -589,23 +742,44 @@ pub async fn checkpointer(
             // Named before any checkpoint moves past its records; the counts
             // stay those already covered by saved checkpoints.
             state.dead_letters.push(file.clone());
-            store.put_header_counting(&state, &counts_before).await?;
+            match &shared {
+                Some(member) => member.name_dead_letter(&file).await?,
+                None => store.put_header_counting(&state, &counts_before).await?,
+            }
             writes += 1;
             saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         for s in &dirty {
-            store
-                .put_segment(
-                    *s,
-                    &state.run_id,
-                    &state.segments[*s as usize],
-                    state.segment_failed[*s as usize],
-                )
-                .await?;
+            let i = *s as usize;
+            match &shared {
+                Some(member) => {
+                    let mut counts = member.base(*s);
+                    counts.add(&state.segment_counts[i]);
+                    let last_key = match &state.segments[i] {
+                        SegmentState::At(k) => Some(k),
+                        _ => None,
+                    };
+                    member.save(*s, last_key, &counts).await?;
+                }
+                None => {
+                    store
+                        .put_segment(
+                            *s,
+                            &state.run_id,
+                            &state.segments[i],
+                            &state.segment_counts[i],
+                        )
+                        .await?;
+                }
+            }
             writes += 1;
             saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         state.checkpoint_at = Some(now());
+        if shared.is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
         store.put_header(&state).await?;
         writes += 1;
         saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -227,13 +227,9 @@ async fn conditional<Fut>(fence: &Fence, what: &str, send: impl Fn() -> Fut) -> 
 where
     Fut: std::future::Future<Output = std::result::Result<(), AwsError>>,
 {
-    let r = retry(&Backoff::default(), &mut Attempts::default(), || {
-        fence.attempt(send())
-    })
-    .await;
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) if e.class() == Class::ConditionFailed => {
+    match attempt(fence, what, send).await? {
+        Some(()) => Ok(()),
+        None => {
             // Another runner holds the lock now: ours is gone for good.
             fence.lose();
             Err(Error::LockLost(format!(
@@ -242,10 +238,39 @@ where
                 fence.epoch()
             )))
         }
+    }
+}
+
+/// Sends one conditional state write under `fence` (`send` builds and sends
+/// it, its condition including the fence's), retried on throttles and
+/// transient faults while the lease is held. `None` when its condition was
+/// refused: the caller says what that means (the lease stays held).
+///
+/// # Errors
+/// [`Error::LockLost`] when the lease is not held; [`Error::Aws`] (with `what`) otherwise.
+pub(crate) async fn attempt<T, Fut>(
+    fence: &Fence,
+    what: &str,
+    send: impl Fn() -> Fut,
+) -> Result<Option<T>>
+where
+    Fut: std::future::Future<Output = std::result::Result<T, AwsError>>,
+{
+    let r = retry(&Backoff::default(), &mut Attempts::default(), || {
+        fence.attempt(send())
+    })
+    .await;
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.class() == Class::ConditionFailed => Ok(None),
         Err(_) if !fence.held() => Err(fence.lost_error(what)),
         Err(e) => Err(Error::aws(what.to_owned(), e)),
     }
 }
+
+/// The fencing condition for an update expression that names `#fence` and
+/// `:fence` (see [`ATTRIBUTE`]).
+pub(crate) const UPDATE_CONDITION: &str = CONDITION;
 
 #[cfg(test)]
 mod tests {

@@ -106,6 +106,9 @@ pub struct Finished<'a> {
     pub schema: Option<&'a str>,
     /// The dead-letter files of every attempt.
     pub dead_letters: &'a [std::path::PathBuf],
+    /// The run's id, for a run shared with `--join` (recorded once: see
+    /// [`Ledger::finish_shared`]).
+    pub run_id: Option<&'a str>,
 }
 
 /// The ledger in a state table.
@@ -268,6 +271,62 @@ impl Ledger {
     /// # Errors
     /// When the state table cannot be written, or the lock was lost.
     pub async fn finish(&self, run: &Finished<'_>, fence: &Fence) -> Result<()> {
+        self.put(self.finished_item(run), fence).await
+    }
+
+    /// Records how a run shared with `--join` ended, once: every process that
+    /// sees the run complete tries, and the write is conditioned on the entry
+    /// not holding this run's id already. `true` for the one process whose
+    /// write recorded it.
+    ///
+    /// # Errors
+    /// When the state table cannot be written, or the lock was lost (a newer
+    /// runner wrote the entry).
+    pub async fn finish_shared(&self, run: &Finished<'_>, fence: &Fence) -> Result<bool> {
+        let run_id = run.run_id.unwrap_or_default().to_owned();
+        let mut item = self.finished_item(run);
+        item.insert(fence::ATTRIBUTE.into(), n(fence.epoch()));
+        let send = || {
+            let req = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()))
+                .condition_expression(format!(
+                    "(attribute_not_exists(#run) OR #run <> :run) AND ({})",
+                    fence::UPDATE_CONDITION
+                ))
+                .expression_attribute_names("#run", "run_id")
+                .expression_attribute_names("#fence", fence::ATTRIBUTE)
+                .expression_attribute_values(":run", s(&run_id))
+                .expression_attribute_values(":fence", n(fence.epoch()));
+            async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+        };
+        let what = format!("writing the ledger in state table {}", self.table);
+        if fence::attempt(fence, &what, send).await?.is_some() {
+            return Ok(true);
+        }
+        // Refused: recorded by another process, or written by a newer runner.
+        let recorded = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&partition(run.table)))
+            .key("sk", s(run.migration))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| Error::aws(what.clone(), AwsError::from_sdk(e)))?
+            .item
+            .and_then(|i| i.get("run_id").and_then(|v| v.as_s().ok()).cloned());
+        if recorded.as_deref() == Some(run_id.as_str()) {
+            return Ok(false);
+        }
+        fence.lose();
+        Err(fence.lost_error(&what))
+    }
+
+    fn finished_item(&self, run: &Finished<'_>) -> Attrs {
         let mut item = self.base(run.table, run.migration);
         item.insert("status".into(), s(run.status.as_str()));
         item.insert("started_at".into(), s(run.started_at));
@@ -290,7 +349,10 @@ impl Ledger {
                 ),
             );
         }
-        self.put(item, fence).await
+        if let Some(id) = run.run_id {
+            item.insert("run_id".into(), s(id));
+        }
+        item
     }
 
     /// Every entry for `table`.

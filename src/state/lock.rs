@@ -71,6 +71,10 @@ pub struct Holder {
     pub beat: Option<u64>,
     /// The holder's lease length, milliseconds.
     pub lease_ms: Option<u64>,
+    /// `Some("join")` when the run is shared by processes started with
+    /// `--join` (the holder is the first of them; every member renews the
+    /// lock); `None` for one exclusive runner.
+    pub mode: Option<String>,
     identity: Option<Identity>,
     token: String,
 }
@@ -78,7 +82,7 @@ pub struct Holder {
 impl Holder {
     /// What changes whenever the holder is alive: its token and its
     /// heartbeat counter (older versions renewed the expiry only).
-    fn version(&self) -> Version {
+    pub(crate) fn version(&self) -> Version {
         match self.beat {
             Some(beat) => (self.token.clone(), beat, None),
             None => (self.token.clone(), 0, Some(self.expires_ms)),
@@ -87,7 +91,7 @@ impl Holder {
 }
 
 /// Token, heartbeat counter, and (for holders that have no counter) expiry.
-type Version = (String, u64, Option<i64>);
+pub(crate) type Version = (String, u64, Option<i64>);
 
 /// Where a process runs, provably: the kernel's boot id (changes on every
 /// boot, differs between machines) and its pid namespace (containers on one
@@ -146,7 +150,7 @@ fn provably_dead(h: &Holder, mine: Option<&Identity>) -> bool {
 
 /// What an acquirer concludes from watching a held lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     /// Not seen unchanged for a whole lease period yet.
     Wait,
     /// It changed while watched: its holder is alive.
@@ -157,8 +161,9 @@ enum Verdict {
 
 /// The Kinesis Client Library's rule: a lease is expired when this process
 /// has seen it unchanged for `period` on its own monotonic clock. `watch`
-/// is what was first seen and when.
-fn judge(
+/// is what was first seen and when. Segment leases (`--join`) are judged by
+/// the same rule (see [`crate::state::lease`]).
+pub(crate) fn judge(
     watch: &mut Option<(Version, Instant)>,
     seen: Version,
     now: Instant,
@@ -188,15 +193,15 @@ pub struct Lock {
     pub fence: Fence,
 }
 
-fn pk(table: &str, migration: &str) -> String {
+pub(crate) fn pk(table: &str, migration: &str) -> String {
     format!("lock#{table}#{migration}")
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn host() -> String {
+pub(crate) fn host() -> String {
     runner_identity()
         .rsplit('@')
         .next()
@@ -224,6 +229,7 @@ fn decode(item: &Attrs) -> Option<Holder> {
         epoch: n("epoch").unwrap_or(0).max(0) as u64,
         beat: n("beat").map(|b| b.max(0) as u64),
         lease_ms: n("lease_ms").map(|l| l.max(0) as u64),
+        mode: s("mode"),
         identity,
         token: s("token")?,
     })
@@ -263,6 +269,19 @@ pub async fn holder(
     }
 }
 
+/// The `mode` of a lock held by the processes of a run shared with `--join`.
+pub const JOIN_MODE: &str = "join";
+
+/// Who claims the lock, and how.
+#[derive(Clone, Copy)]
+struct Claim<'a> {
+    token: &'a str,
+    lease: Duration,
+    mine: &'a Option<Identity>,
+    /// [`JOIN_MODE`] for a run shared with `--join`; `None` for one runner.
+    mode: Option<&'a str>,
+}
+
 /// What a claim of the lock expects to find.
 enum Expect<'a> {
     /// No holder (no item, or released).
@@ -298,18 +317,14 @@ pub async fn acquire(
         let h = match holder(client, state_table, table, migration).await? {
             None => {
                 claims += 1;
-                if let Some(lock) = claim(
-                    client,
-                    state_table,
-                    &key,
-                    &token,
+                let to = Claim {
+                    token: &token,
                     lease,
-                    &mine,
-                    Expect::Free,
-                )
-                .await?
-                {
-                    return Ok(lock);
+                    mine: &mine,
+                    mode: None,
+                };
+                if let Some(fence) = claim(client, state_table, &key, &to, Expect::Free).await? {
+                    return Ok(start(client, state_table, &key, &token, lease, fence));
                 }
                 if claims >= 5 {
                     return Err(Error::Locked(format!(
@@ -321,7 +336,9 @@ pub async fn acquire(
             Some(h) => h,
         };
         let period = lease.max(Duration::from_millis(h.lease_ms.unwrap_or(0)));
-        let dead_here = provably_dead(&h, mine.as_ref());
+        // A run shared with --join has other members besides the recorded
+        // holder: only watching tells whether any of them is alive.
+        let dead_here = h.mode.is_none() && provably_dead(&h, mine.as_ref());
         let first_look = watch.is_none();
         let verdict = if dead_here {
             Verdict::Expired
@@ -338,17 +355,15 @@ pub async fn acquire(
                 tokio::time::sleep(period / 10).await;
             }
             Verdict::Expired => {
-                let lock = claim(
-                    client,
-                    state_table,
-                    &key,
-                    &token,
+                let to = Claim {
+                    token: &token,
                     lease,
-                    &mine,
-                    Expect::Holder(&h),
-                )
-                .await?;
-                if let Some(lock) = lock {
+                    mine: &mine,
+                    mode: None,
+                };
+                let fence = claim(client, state_table, &key, &to, Expect::Holder(&h)).await?;
+                if let Some(fence) = fence {
+                    let lock = start(client, state_table, &key, &token, lease, fence);
                     if dead_here {
                         tracing::warn!(table, migration, previous = %h.owner, pid = h.pid, since = %h.since, "took over the lock of a runner on this machine whose process no longer exists");
                     } else {
@@ -368,6 +383,13 @@ pub async fn acquire(
 }
 
 fn busy(h: &Holder, table: &str, migration: &str) -> Error {
+    if h.mode.as_deref() == Some(JOIN_MODE) {
+        return Error::Locked(format!(
+            "migration {migration} on table {table} is being run by processes started with --join \
+             (the first: {} (pid {}) since {}); run with --join to join them, or wait for them to finish",
+            h.owner, h.pid, h.since
+        ));
+    }
     Error::Locked(format!(
         "migration {migration} on table {table} is already being run by {} (pid {}) since {}; \
          it renews its lock while it runs. Wait for it to finish; if it died, run again: \
@@ -386,11 +408,15 @@ async fn claim(
     client: &Client,
     state_table: &str,
     key: &str,
-    token: &str,
-    lease: Duration,
-    mine: &Option<Identity>,
+    to: &Claim<'_>,
     expect: Expect<'_>,
-) -> Result<Option<Lock>> {
+) -> Result<Option<Fence>> {
+    let Claim {
+        token,
+        lease,
+        mine,
+        mode,
+    } = *to;
     let mut names = HashMap::from([
         ("#owner".to_string(), "owner".to_string()),
         ("#host".to_string(), "host".to_string()),
@@ -403,6 +429,7 @@ async fn claim(
         ("#epoch".to_string(), "epoch".to_string()),
         ("#boot".to_string(), "boot_id".to_string()),
         ("#ns".to_string(), "pid_ns".to_string()),
+        ("#mode".to_string(), "mode".to_string()),
     ]);
     let n = |v: i64| AttributeValue::N(v.to_string());
     let s = |v: &str| AttributeValue::S(v.to_owned());
@@ -423,13 +450,24 @@ async fn claim(
     let mut update = "SET #owner = :owner, #host = :host, #pid = :pid, #since = :since, \
                       #token = :token, #beat = :zero, #lease = :lease, #expires = :expires"
         .to_owned();
-    match mine {
-        Some(id) => {
-            update.push_str(", #boot = :boot, #ns = :ns");
-            values.insert(":boot".into(), s(&id.boot_id));
-            values.insert(":ns".into(), s(&id.pid_ns));
-        }
-        None => update.push_str(" REMOVE #boot, #ns"),
+    if let Some(id) = mine {
+        update.push_str(", #boot = :boot, #ns = :ns");
+        values.insert(":boot".into(), s(&id.boot_id));
+        values.insert(":ns".into(), s(&id.pid_ns));
+    }
+    if let Some(mode) = mode {
+        update.push_str(", #mode = :mode");
+        values.insert(":mode".into(), s(mode));
+    }
+    let removed: Vec<&str> = [
+        mine.is_none().then_some("#boot, #ns"),
+        mode.is_none().then_some("#mode"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !removed.is_empty() {
+        update.push_str(&format!(" REMOVE {}", removed.join(", ")));
     }
     update.push_str(" ADD #epoch :one");
     let condition = match expect {
@@ -473,8 +511,7 @@ async fn claim(
                     .and_then(|v| v.as_n().ok())
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                let fence = Fence::new(epoch, sent + held_for(lease));
-                return Ok(Some(start(client, state_table, key, token, lease, fence)));
+                return Ok(Some(Fence::new(epoch, sent + held_for(lease))));
             }
             Err(e) => AwsError::from_sdk(e),
         };
@@ -521,23 +558,7 @@ fn start(
                     }
                 }
                 let sent = Instant::now();
-                let renewal = client
-                    .update_item()
-                    .table_name(&state_table)
-                    .key("pk", AttributeValue::S(pk.clone()))
-                    .key("sk", AttributeValue::S("lock".into()))
-                    .update_expression("SET #expires = :e ADD #beat :one")
-                    .condition_expression("#token = :t")
-                    .expression_attribute_names("#token", "token")
-                    .expression_attribute_names("#beat", "beat")
-                    .expression_attribute_names("#expires", "expires_ms")
-                    .expression_attribute_values(
-                        ":e",
-                        AttributeValue::N((now_ms() + lease.as_millis() as i64).to_string()),
-                    )
-                    .expression_attribute_values(":one", AttributeValue::N("1".into()))
-                    .expression_attribute_values(":t", AttributeValue::S(token.clone()))
-                    .send();
+                let renewal = renew(&client, &state_table, &pk, &token, lease);
                 // A slow answer still counts, from when it was sent; one after
                 // the lease's end proves nothing. After a failure, try again soon.
                 let wait = fence.until().saturating_duration_since(Instant::now());
@@ -548,7 +569,6 @@ fn start(
                         pause = beat;
                     }
                     Ok(Err(e)) => {
-                        let e = AwsError::from_sdk(e);
                         if e.class() == Class::ConditionFailed {
                             tracing::error!(error = %e, "the run's lock was taken over by another runner; stopping at once");
                             fence.lose();
@@ -574,40 +594,201 @@ fn start(
     }
 }
 
+/// One renewal of the lock held under `token`: the heartbeat counter moves
+/// (what watchers judge by) and the displayed expiry with it.
+pub(crate) async fn renew(
+    client: &Client,
+    state_table: &str,
+    pk: &str,
+    token: &str,
+    lease: Duration,
+) -> std::result::Result<(), AwsError> {
+    client
+        .update_item()
+        .table_name(state_table)
+        .key("pk", AttributeValue::S(pk.to_owned()))
+        .key("sk", AttributeValue::S("lock".into()))
+        .update_expression("SET #expires = :e ADD #beat :one")
+        .condition_expression("#token = :t")
+        .expression_attribute_names("#token", "token")
+        .expression_attribute_names("#beat", "beat")
+        .expression_attribute_names("#expires", "expires_ms")
+        .expression_attribute_values(
+            ":e",
+            AttributeValue::N((now_ms() + lease.as_millis() as i64).to_string()),
+        )
+        .expression_attribute_values(":one", AttributeValue::N("1".into()))
+        .expression_attribute_values(":t", AttributeValue::S(token.to_owned()))
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(AwsError::from_sdk)
+}
+
+/// A place in a run shared by processes started with `--join`: the lock
+/// item is held in [`JOIN_MODE`] under a session token that every member
+/// renews (so a runner without `--join` watching it sees it alive while any
+/// member is), and the lock's epoch fences the members' state writes.
+/// The caller renews it (with its segment leases: see
+/// [`crate::state::lease`]).
+pub struct Session {
+    /// The lock item's partition key.
+    pub pk: String,
+    /// The session's token: the lock item's, shared by its members.
+    pub token: String,
+    /// The lease: the lock's epoch, held until the last renewal's send time
+    /// plus [`held_for`] the lease.
+    pub fence: Fence,
+}
+
+/// Joins the run of `migration` on `table` shared with `--join`, or opens it:
+/// takes a free lock in [`JOIN_MODE`]; joins a lock held in that mode once it
+/// is seen renewed (some member is alive), with a renewal of its own as
+/// proof; takes a lock over (the epoch grows) once it has gone a whole lease
+/// unrenewed, whoever held it. A live runner without `--join` refuses us.
+///
+/// # Errors
+/// [`Error::Locked`] when a live runner holds the run without `--join`.
+pub async fn join(
+    client: &Client,
+    state_table: &str,
+    table: &str,
+    migration: &str,
+    lease: Duration,
+) -> Result<Session> {
+    let key = pk(table, migration);
+    let mine = identity();
+    let mut watch = None;
+    for _ in 0..1000 {
+        let token = format!("{:016x}", rand::random::<u64>());
+        let to = Claim {
+            token: &token,
+            lease,
+            mine: &mine,
+            mode: Some(JOIN_MODE),
+        };
+        let h = match holder(client, state_table, table, migration).await? {
+            None => match claim(client, state_table, &key, &to, Expect::Free).await? {
+                Some(fence) => {
+                    return Ok(Session {
+                        pk: key,
+                        token,
+                        fence,
+                    })
+                }
+                None => continue,
+            },
+            Some(h) => h,
+        };
+        let period = lease.max(Duration::from_millis(h.lease_ms.unwrap_or(0)));
+        let shared = h.mode.as_deref() == Some(JOIN_MODE);
+        let verdict = if !shared && provably_dead(&h, mine.as_ref()) {
+            Verdict::Expired
+        } else {
+            judge(&mut watch, h.version(), Instant::now(), period)
+        };
+        match verdict {
+            Verdict::Alive if shared => {
+                let sent = Instant::now();
+                match renew(client, state_table, &key, &h.token, lease).await {
+                    Ok(()) => {
+                        let fence = Fence::new(h.epoch, sent + held_for(lease));
+                        tracing::info!(
+                            table,
+                            migration,
+                            epoch = h.epoch,
+                            "joined the run in progress"
+                        );
+                        return Ok(Session {
+                            pk: key,
+                            token: h.token.clone(),
+                            fence,
+                        });
+                    }
+                    Err(e) if e.class() == Class::ConditionFailed => watch = None,
+                    Err(e) => {
+                        return Err(Error::aws(
+                            format!("joining the run in state table {state_table}"),
+                            e,
+                        ))
+                    }
+                }
+            }
+            Verdict::Alive => return Err(busy(&h, table, migration)),
+            Verdict::Wait => tokio::time::sleep(period / 10).await,
+            Verdict::Expired => {
+                if let Some(fence) =
+                    claim(client, state_table, &key, &to, Expect::Holder(&h)).await?
+                {
+                    tracing::warn!(table, migration, previous = %h.owner, pid = h.pid, "took over the run's lock: nobody renewed it for a whole lease period");
+                    return Ok(Session {
+                        pk: key,
+                        token,
+                        fence,
+                    });
+                }
+                watch = None;
+            }
+        }
+    }
+    Err(Error::Locked(format!(
+        "could not join the run of migration {migration} on table {table}: its lock keeps changing hands; try again"
+    )))
+}
+
+/// Removes the holder of the lock item `pk` if it still holds `token` (the
+/// item and its epoch stay); gives up after `patience`.
+pub(crate) async fn remove_holder(
+    client: &Client,
+    state_table: &str,
+    pk: &str,
+    token: &str,
+    patience: Duration,
+) {
+    let release = client
+        .update_item()
+        .table_name(state_table)
+        .key("pk", AttributeValue::S(pk.to_owned()))
+        .key("sk", AttributeValue::S("lock".into()))
+        .update_expression(
+            "REMOVE #token, #owner, #host, #pid, #since, #beat, #lease, #expires, #boot, #ns, #mode",
+        )
+        .condition_expression("#token = :t")
+        .expression_attribute_names("#token", "token")
+        .expression_attribute_names("#owner", "owner")
+        .expression_attribute_names("#host", "host")
+        .expression_attribute_names("#pid", "pid")
+        .expression_attribute_names("#since", "since")
+        .expression_attribute_names("#beat", "beat")
+        .expression_attribute_names("#lease", "lease_ms")
+        .expression_attribute_names("#expires", "expires_ms")
+        .expression_attribute_names("#boot", "boot_id")
+        .expression_attribute_names("#ns", "pid_ns")
+        .expression_attribute_names("#mode", "mode")
+        .expression_attribute_values(":t", AttributeValue::S(token.to_owned()))
+        .send();
+    let error = match tokio::time::timeout(patience, release).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => AwsError::from_sdk(e).to_string(),
+        Err(_) => "no answer".to_owned(),
+    };
+    tracing::warn!(%error, "could not release the lock; another runner takes it over once it has gone a lease period without renewal");
+}
+
 impl Lock {
     /// Stops the heartbeat and, if the lock is still ours, removes us as its
     /// holder (the item and its epoch stay). Gives up after a heartbeat's time:
     /// a lock not released is taken over after a lease period anyway.
     pub async fn release(self) {
         self.heartbeat.abort();
-        let release = self
-            .client
-            .update_item()
-            .table_name(&self.state_table)
-            .key("pk", AttributeValue::S(self.pk.clone()))
-            .key("sk", AttributeValue::S("lock".into()))
-            .update_expression(
-                "REMOVE #token, #owner, #host, #pid, #since, #beat, #lease, #expires, #boot, #ns",
-            )
-            .condition_expression("#token = :t")
-            .expression_attribute_names("#token", "token")
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_names("#host", "host")
-            .expression_attribute_names("#pid", "pid")
-            .expression_attribute_names("#since", "since")
-            .expression_attribute_names("#beat", "beat")
-            .expression_attribute_names("#lease", "lease_ms")
-            .expression_attribute_names("#expires", "expires_ms")
-            .expression_attribute_names("#boot", "boot_id")
-            .expression_attribute_names("#ns", "pid_ns")
-            .expression_attribute_values(":t", AttributeValue::S(self.token.clone()))
-            .send();
-        let error = match tokio::time::timeout(self.beat, release).await {
-            Ok(Ok(_)) => return,
-            Ok(Err(e)) => AwsError::from_sdk(e).to_string(),
-            Err(_) => "no answer".to_owned(),
-        };
-        tracing::warn!(%error, "could not release the lock; another runner takes it over once it has gone a lease period without renewal");
+        remove_holder(
+            &self.client,
+            &self.state_table,
+            &self.pk,
+            &self.token,
+            self.beat,
+        )
+        .await;
     }
 }
 
@@ -670,6 +851,7 @@ mod tests {
             epoch: 1,
             beat: Some(0),
             lease_ms: Some(15_000),
+            mode: None,
             identity,
             token: "t".into(),
         }

@@ -7,11 +7,13 @@
 //! - [`checkpoint`]: per-segment checkpoints, the acknowledgement watermark, resume state.
 //! - [`lock`]: one runner per migration and table (lease, heartbeat, takeover).
 //! - `fence`: a held lock's epoch and lease deadline, which every state write proves.
+//! - [`lease`]: a run shared with `run --join`: membership and segment leases.
 //! - [`deadletter`]: the JSON-lines file of failed items.
 
 pub mod checkpoint;
 pub mod deadletter;
 pub(crate) mod fence;
+pub mod lease;
 pub mod ledger;
 pub mod lock;
 pub mod store;

@@ -106,6 +106,19 @@ impl Counts {
         self.transient += other.transient;
     }
 
+    /// The larger of each count (stored counts only; throttles and faults are this one's).
+    pub(crate) fn max(&self, other: &Counts) -> Counts {
+        Counts {
+            scanned: self.scanned.max(other.scanned),
+            updated: self.updated.max(other.updated),
+            deleted: self.deleted.max(other.deleted),
+            unchanged: self.unchanged.max(other.unchanged),
+            failed: self.failed.max(other.failed),
+            conflicts: self.conflicts.max(other.conflicts),
+            ..*self
+        }
+    }
+
     fn stored(&self) -> [u64; 6] {
         [
             self.scanned,

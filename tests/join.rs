@@ -66,10 +66,10 @@ fn spawn(args: &[String]) -> Child {
     )
 }
 
-/// A proxy that serves the data table slowly enough for a run of ~15 s.
+/// A proxy that serves the data table slowly enough for a run of ~20 s.
 async fn slow_proxy(table: &str) -> Proxy {
     let config = Config {
-        write_capacity: Some(200.0),
+        write_capacity: Some(120.0),
         ..Config::new(table)
     };
     Proxy::start(&endpoint(), config).await
@@ -112,28 +112,33 @@ fn held_by(rows: &HashMap<String, Attrs>, pid: u32) -> HashMap<String, String> {
         .collect()
 }
 
-/// Waits until `pid` holds a segment whose checkpoint it has saved (it is
-/// mid-run, with work of its own to take over); returns its rows.
-async fn wait_until_mid_run(state: &str, table: &str, who: &mut Child) -> HashMap<String, String> {
+/// Waits until one of `children` holds a segment whose checkpoint it has
+/// saved (it is mid-run, with work of its own to take over); returns which,
+/// and its segment rows with their lease tokens.
+async fn wait_until_one_is_mid_run(
+    state: &str,
+    table: &str,
+    children: &mut [Child],
+) -> (usize, HashMap<String, String>) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let rows = run_rows(state, table).await;
-        let held = held_by(&rows, who.id());
-        let saved = held
-            .iter()
-            .any(|(sk, token)| s(&rows[sk], "saved_by") == Some(token.as_str()));
-        if saved {
-            return held;
-        }
-        if let Some(status) = who.try_wait().unwrap() {
-            let (_, out, err) = output_of(who);
-            panic!(
-                "the process ended ({status}) before it held a checkpointed segment\n{out}\n{err}"
-            );
+        for (i, child) in children.iter_mut().enumerate() {
+            let held = held_by(&rows, child.id());
+            let saved = held
+                .iter()
+                .any(|(sk, token)| s(&rows[sk], "saved_by") == Some(token.as_str()));
+            if saved {
+                return (i, held);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let (_, out, err) = output_of(child);
+                panic!("a process ended ({status}) before any held a checkpointed segment\n{out}\n{err}");
+            }
         }
         assert!(
             Instant::now() < deadline,
-            "the process never held a checkpointed segment"
+            "no process ever held a checkpointed segment"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -228,10 +233,7 @@ async fn three_processes_share_a_run_and_a_killed_ones_segments_are_taken_over()
     let state = TestTable::named("state");
     let proxy = slow_proxy(&table.name).await;
     let args = join_args(&proxy.url, &table.name, &state.name);
-    let a = spawn(&args);
-    let mut b = spawn(&args);
-    let c = spawn(&args);
-
+    let mut procs: Vec<Child> = (0..3).map(|_| spawn(&args)).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     while member_pids(&state.name, &table.name).await.len() < 3 {
         assert!(
@@ -240,7 +242,9 @@ async fn three_processes_share_a_run_and_a_killed_ones_segments_are_taken_over()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let held = wait_until_mid_run(&state.name, &table.name, &mut b).await;
+    let (victim, held) = wait_until_one_is_mid_run(&state.name, &table.name, &mut procs).await;
+    let mut b = procs.remove(victim);
+    let (a, c) = (procs.remove(0), procs.remove(0));
     // `status` shows the run in progress: its processes and segments.
     let (code, out, err) = output(spawn(
         &[
@@ -311,11 +315,10 @@ async fn a_process_paused_past_its_lease_cannot_move_a_checkpoint_it_no_longer_h
     let state = TestTable::named("state");
     let proxy = slow_proxy(&table.name).await;
     let args = join_args(&proxy.url, &table.name, &state.name);
-    let a = spawn(&args);
-    let mut p = spawn(&args);
-    let c = spawn(&args);
-
-    let held = wait_until_mid_run(&state.name, &table.name, &mut p).await;
+    let mut procs: Vec<Child> = (0..3).map(|_| spawn(&args)).collect();
+    let (victim, held) = wait_until_one_is_mid_run(&state.name, &table.name, &mut procs).await;
+    let p = procs.remove(victim);
+    let (a, c) = (procs.remove(0), procs.remove(0));
     let pid = p.id() as libc::pid_t;
     // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);

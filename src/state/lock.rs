@@ -639,13 +639,16 @@ pub struct Session {
     /// The lease: the lock's epoch, held until the last renewal's send time
     /// plus [`held_for`] the lease.
     pub fence: Fence,
+    /// This process took the lock (free, or unrenewed for a lease): no other
+    /// member was alive when it did.
+    pub opened: bool,
 }
 
 /// Joins the run of `migration` on `table` shared with `--join`, or opens it:
-/// takes a free lock in [`JOIN_MODE`]; joins a lock held in that mode once it
-/// is seen renewed (some member is alive), with a renewal of its own as
-/// proof; takes a lock over (the epoch grows) once it has gone a whole lease
-/// unrenewed, whoever held it. A live runner without `--join` refuses us.
+/// takes a free lock in [`JOIN_MODE`]; joins a lock held in that mode at once,
+/// with a renewal of its own as proof; takes the lock of a runner without
+/// `--join` over (the epoch grows) once it has gone a whole lease unrenewed,
+/// and is refused while that runner renews it.
 ///
 /// # Errors
 /// [`Error::Locked`] when a live runner holds the run without `--join`.
@@ -674,57 +677,64 @@ pub async fn join(
                         pk: key,
                         token,
                         fence,
+                        opened: true,
                     })
                 }
                 None => continue,
             },
             Some(h) => h,
         };
+        if h.mode.as_deref() == Some(JOIN_MODE) {
+            // Joined at once with a renewal of our own. A session whose
+            // members all died is joined too, under the same epoch: each
+            // member's own fence (its lease deadline) and the segments' lease
+            // tokens are what keep a paused or cut-off member from writing.
+            let sent = Instant::now();
+            match renew(client, state_table, &key, &h.token, lease).await {
+                Ok(()) => {
+                    let fence = Fence::new(h.epoch, sent + held_for(lease));
+                    tracing::info!(
+                        table,
+                        migration,
+                        epoch = h.epoch,
+                        "joined the run in progress"
+                    );
+                    return Ok(Session {
+                        pk: key,
+                        token: h.token.clone(),
+                        fence,
+                        opened: false,
+                    });
+                }
+                // It changed hands or was released a moment ago: look again.
+                Err(e) if e.class() == Class::ConditionFailed => continue,
+                Err(e) => {
+                    return Err(Error::aws(
+                        format!("joining the run in state table {state_table}"),
+                        e,
+                    ))
+                }
+            }
+        }
         let period = lease.max(Duration::from_millis(h.lease_ms.unwrap_or(0)));
-        let shared = h.mode.as_deref() == Some(JOIN_MODE);
-        let verdict = if !shared && provably_dead(&h, mine.as_ref()) {
+        let verdict = if provably_dead(&h, mine.as_ref()) {
             Verdict::Expired
         } else {
             judge(&mut watch, h.version(), Instant::now(), period)
         };
         match verdict {
-            Verdict::Alive if shared => {
-                let sent = Instant::now();
-                match renew(client, state_table, &key, &h.token, lease).await {
-                    Ok(()) => {
-                        let fence = Fence::new(h.epoch, sent + held_for(lease));
-                        tracing::info!(
-                            table,
-                            migration,
-                            epoch = h.epoch,
-                            "joined the run in progress"
-                        );
-                        return Ok(Session {
-                            pk: key,
-                            token: h.token.clone(),
-                            fence,
-                        });
-                    }
-                    Err(e) if e.class() == Class::ConditionFailed => watch = None,
-                    Err(e) => {
-                        return Err(Error::aws(
-                            format!("joining the run in state table {state_table}"),
-                            e,
-                        ))
-                    }
-                }
-            }
             Verdict::Alive => return Err(busy(&h, table, migration)),
             Verdict::Wait => tokio::time::sleep(period / 10).await,
             Verdict::Expired => {
                 if let Some(fence) =
                     claim(client, state_table, &key, &to, Expect::Holder(&h)).await?
                 {
-                    tracing::warn!(table, migration, previous = %h.owner, pid = h.pid, "took over the run's lock: nobody renewed it for a whole lease period");
+                    tracing::warn!(table, migration, previous = %h.owner, pid = h.pid, "took over the run's lock from a runner that did not renew it for a whole lease period");
                     return Ok(Session {
                         pk: key,
                         token,
                         fence,
+                        opened: true,
                     });
                 }
                 watch = None;

@@ -128,12 +128,29 @@ fn commands() -> Vec<(&'static str, Vec<String>)> {
 /// `run`'s flags as the binary lists them in `run --help`, each with whether
 /// it takes a value (`--table <NAME>`).
 fn run_flags() -> BTreeMap<String, bool> {
+    parse_help(&run_help())
+}
+
+fn run_help() -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_dynbulk"))
         .args(["run", "--help"])
         .output()
         .unwrap();
     assert!(out.status.success(), "dynbulk run --help failed");
-    parse_help(&String::from_utf8(out.stdout).unwrap())
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A flag's `[default: N]` in `run --help`.
+fn help_default(help: &str, flag: &str) -> Option<String> {
+    let mut lines = help.lines().skip_while(|l| {
+        !l.split_whitespace()
+            .any(|t| t.trim_end_matches(',') == flag)
+    });
+    lines.next()?;
+    lines
+        .take_while(|l| !l.trim_start().starts_with('-'))
+        .find_map(|l| l.trim().strip_prefix("[default: "))
+        .map(|d| d.trim_end_matches(']').to_owned())
 }
 
 /// Reads the flag lines of clap's help: `  -y, --yes`, `      --table <NAME>`,
@@ -304,6 +321,23 @@ fn the_three_engines_run_the_same_command_and_the_same_number_of_processes() {
     assert_eq!(count, k, "ECS run-task count = K");
     assert!(count <= 10, "run-task starts at most 10 tasks a call");
     assert_eq!(run_task["taskDefinition"], ecs["family"]);
+
+    // A process holds at most --workers segments at a time: with fewer than
+    // K x --workers segments, some processes find nothing to claim.
+    let help = run_help();
+    let number = |flag: &str| -> u64 {
+        flag_value(first, flag)
+            .map(str::to_owned)
+            .or_else(|| help_default(&help, flag))
+            .unwrap_or_else(|| panic!("{flag}: no value and no default"))
+            .parse()
+            .unwrap()
+    };
+    let (segments, workers) = (number("--segments"), number("--workers"));
+    assert!(
+        segments >= k * workers,
+        "--segments {segments} < K x --workers = {k} x {workers}: some processes would have no segment"
+    );
 }
 
 #[test]

@@ -440,12 +440,7 @@ impl Engine {
         let epoch = self.epoch;
         let (out, new_context) = self.context.with(|ctx| {
             let setup = || -> rquickjs::Result<_> {
-                let migration = migration.restore(&ctx)?;
                 let internals = internals.restore(&ctx)?;
-                let shapes = shapes(&ctx, &internals)?;
-                let run: Function = internals.get("run")?;
-                let own_value: Function = internals.get("ownValue")?;
-                let absent: Value = internals.get("absent")?;
                 let (context, new_context) = match known_context {
                     Some(c) => (c.restore(&ctx)?, None),
                     None => {
@@ -456,17 +451,11 @@ impl Engine {
                         (c, Some(saved))
                     }
                 };
-                Ok((
-                    migration,
-                    shapes,
-                    run,
-                    own_value,
-                    absent,
-                    context,
-                    new_context,
-                ))
+                let migration = migration.restore(&ctx)?;
+                let call = guard::Call::new(&ctx, &internals, migration, context, &facts.keys)?;
+                Ok((call, new_context))
             };
-            let (migration, shapes, run, own_value, absent, context, new_context) = match setup() {
+            let (call, new_context) = match setup() {
                 Ok(s) => s,
                 Err(e) => {
                     let e = TransformError::new(describe_error(&ctx, e, &interrupted, limits));
@@ -476,16 +465,6 @@ impl Engine {
                         .collect();
                     return (out, None);
                 }
-            };
-            let call = guard::Call {
-                ctx: &ctx,
-                shapes: &shapes,
-                run: &run,
-                own_value: &own_value,
-                absent: &absent,
-                migration: &migration,
-                context: &context,
-                keys: &facts.keys,
             };
             let out = items
                 .into_iter()
@@ -521,7 +500,11 @@ impl Engine {
     }
 }
 
-fn shapes<'js>(ctx: &Ctx<'js>, internals: &Object<'js>) -> rquickjs::Result<Shapes<'js>> {
+/// The constructors value conversion needs.
+pub(super) fn shapes<'js>(
+    ctx: &Ctx<'js>,
+    internals: &Object<'js>,
+) -> rquickjs::Result<Shapes<'js>> {
     let globals = ctx.globals();
     let object: Object = globals.get("Object")?;
     Ok(Shapes {

@@ -25,22 +25,56 @@ use crate::migration::{Change, Item, TransformError, Update};
 /// Everything one page's transform calls share.
 pub struct Call<'a, 'js> {
     /// The engine's context.
-    pub ctx: &'a Ctx<'js>,
+    pub ctx: Ctx<'js>,
     /// Constructors for value conversion.
-    pub shapes: &'a Shapes<'js>,
+    pub shapes: Shapes<'js>,
     /// The prelude's `run`.
-    pub run: &'a Function<'js>,
+    pub run: Function<'js>,
     /// The prelude's `ownValue`.
-    pub own_value: &'a Function<'js>,
+    pub own_value: Function<'js>,
     /// The prelude's `absent` marker.
-    pub absent: &'a Value<'js>,
+    pub absent: Value<'js>,
     /// The migration object (its `transform` is called as a method).
-    pub migration: &'a Object<'js>,
+    pub migration: Object<'js>,
     /// The `ctx` argument.
-    pub context: &'a Object<'js>,
+    pub context: Object<'js>,
+    /// The prelude's `reads`, `writes` and `result` (see its `run`).
+    pub reads: Array<'js>,
+    /// See `reads`.
+    pub writes: Array<'js>,
+    /// See `reads`.
+    pub result: Array<'js>,
     /// The table's key attribute names: a change to one fails the item here,
     /// where the line that made it is known.
     pub keys: &'a [String],
+}
+
+impl<'a, 'js> Call<'a, 'js> {
+    /// The calls of `migration` with the prelude's `internals`.
+    ///
+    /// # Errors
+    /// When the prelude lacks a member (a bug) or the engine cannot allocate.
+    pub fn new(
+        ctx: &Ctx<'js>,
+        internals: &Object<'js>,
+        migration: Object<'js>,
+        context: Object<'js>,
+        keys: &'a [String],
+    ) -> rquickjs::Result<Self> {
+        Ok(Call {
+            ctx: ctx.clone(),
+            shapes: super::engine::shapes(ctx, internals)?,
+            run: internals.get("run")?,
+            own_value: internals.get("ownValue")?,
+            absent: internals.get("absent")?,
+            migration,
+            context,
+            reads: internals.get("reads")?,
+            writes: internals.get("writes")?,
+            result: internals.get("result")?,
+            keys,
+        })
+    }
 }
 
 /// `message`, with the script's file:line from `stack` when there is one.
@@ -71,18 +105,16 @@ impl<'js> Call<'_, 'js> {
         let scanned = item.scanned();
         let target = Object::new(self.ctx.clone())?;
         for (name, value) in scanned {
-            target.set(name.as_str(), to_js(self.ctx, self.shapes, value)?)?;
+            target.set(name.as_str(), to_js(&self.ctx, &self.shapes, value)?)?;
         }
-        let result: Array =
+        let code: i32 =
             self.run
                 .call((self.migration.clone(), target.clone(), self.context.clone()))?;
-        let status: i32 = result.get(0)?;
-        let reads: Array = result.get(1)?;
-        let writes: Array = result.get(2)?;
-        let enumerated: bool = result.get(3)?;
+        let (status, enumerated, marked) = (code & 3, code & 4 != 0, code & 8 != 0);
+        let result = &self.result;
         let mut candidates = BTreeSet::new();
-        let mut read = Vec::with_capacity(reads.len());
-        for name in reads.iter::<String>() {
+        let mut read = Vec::with_capacity(self.reads.len());
+        for name in self.reads.iter::<String>() {
             let name = name?;
             if scanned.get(&name).is_some_and(mutable_in_place) {
                 candidates.insert(name.clone());
@@ -114,20 +146,20 @@ impl<'js> Call<'_, 'js> {
             }
         }
         // Where a watched write happened (see the prelude's `watch`).
-        let stacks: Option<Object> = result.get(5)?;
+        let stacks: Option<Object> = if marked { result.get(5)? } else { None };
         let stack_of = |name: &str| {
             stacks
                 .as_ref()
                 .and_then(|o| o.get::<_, Option<String>>(name).ok().flatten())
         };
-        for name in writes.iter::<String>() {
+        for name in self.writes.iter::<String>() {
             candidates.insert(name?);
         }
         let mut update = Update::new();
         for name in candidates {
             let now: Value = self.own_value.call((target.clone(), name.as_str()))?;
             let before = scanned.get(&name);
-            if now.as_symbol().is_some() && now == *self.absent {
+            if now.as_symbol().is_some() && now == self.absent {
                 if before.is_some() {
                     if self.keys.contains(&name) {
                         return Ok(Err(key_change(&name, stack_of(&name))));
@@ -137,7 +169,7 @@ impl<'js> Call<'_, 'js> {
                 continue;
             }
             let mut path = name.clone();
-            let value = match from_js(self.shapes, &now, &mut path) {
+            let value = match from_js(&self.shapes, &now, &mut path) {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(located(e, stack_of(&name)))),
             };

@@ -152,12 +152,14 @@
   };
 
   // Runs migration.transform on the item `target` through the tracker.
-  // Returns [status, reads, writes, enumerated, what, where, defined] (one
-  // array, reused: read it before the next call): status 0 applies the
-  // item's changes, 1 deletes it, 2 is a return value that is neither
-  // (`what` describes it, `defined` is the transform's file:line); `where`
-  // is null or the stacks of the writes `mark` noted. A throw leaves
-  // `current` set until the next call, when no script runs.
+  // Returns status | 4 when the item was enumerated | 8 when `mark` noted a
+  // write: status 0 applies the item's changes, 1 deletes it, 2 is a return
+  // value that is neither. The names read and written are in `reads` and
+  // `writes`, and `result` holds [status, reads, writes, enumerated, what,
+  // where, defined] (`what` describes a bad return value, `defined` is the
+  // transform's file:line; `where` is null or the stacks of the writes
+  // `mark` noted); all three are reused: read them before the next call. A
+  // throw leaves `current` set until the next call, when no script runs.
   function run(migration, target, ctx) {
     reads.length = 0;
     writes.length = 0;
@@ -179,7 +181,7 @@
       result[4] = describe(r);
       result[6] = at(migration.transform);
     }
-    return result;
+    return status | (all ? 4 : 0) | (where === null ? 0 : 8);
   }
 
   // The value of an own property, or `absent`.
@@ -201,7 +203,7 @@
   };
 
   const internals = Object.freeze({
-    DELETE, NumberValue, run, ownValue, absent, context,
+    DELETE, NumberValue, run, ownValue, absent, context, reads, writes, result,
     setValues: (s) => Array.from(s),
   });
   Object.defineProperty(globalThis, Symbol.for("dynbulk"), { value: internals });

@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use aws_sdk_dynamodb::types::AttributeValue;
 use rquickjs::{Array, Ctx, Function, Object, Value};
 
-use super::values::{from_js, to_js, Shapes};
+use super::values::{define, from_js, to_js, Shapes};
 use crate::migration::{Change, Item, TransformError, Update};
 
 /// Everything one page's transform calls share.
@@ -105,7 +105,7 @@ impl<'js> Call<'_, 'js> {
         let scanned = item.scanned();
         let target = Object::new(self.ctx.clone())?;
         for (name, value) in scanned {
-            target.set(name.as_str(), to_js(&self.ctx, &self.shapes, value)?)?;
+            define(&target, name, to_js(&self.ctx, &self.shapes, value)?)?;
         }
         let code: i32 =
             self.run

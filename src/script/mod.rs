@@ -306,4 +306,32 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn an_attribute_named_proto_is_an_attribute() {
+        let item = HashMap::from([
+            ("pk".to_string(), V::S("k".into())),
+            ("__proto__".to_string(), V::S("x".into())),
+            (
+                "m".to_string(),
+                V::M(HashMap::from([("__proto__".to_string(), V::S("z".into()))])),
+            ),
+        ]);
+        let out = transform(
+            "export default { description: 'd', transform(item) { item.seen = item['__proto__']; item.m.y = 1; } };",
+            vec![item],
+        );
+        let Ok(Change::Update(update)) = &out[0].1 else {
+            panic!("{:?}", out[0].1)
+        };
+        assert_eq!(update.set["seen"], V::S("x".into()));
+        assert_eq!(
+            update.set["m"],
+            V::M(HashMap::from([
+                ("__proto__".to_string(), V::S("z".into())),
+                ("y".to_string(), V::N("1".into())),
+            ]))
+        );
+        assert!(!update.set.contains_key("__proto__"), "{update:?}");
+    }
 }

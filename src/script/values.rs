@@ -67,6 +67,23 @@ fn plain_decimal_digits(text: &str) -> Option<usize> {
     (digits > 0).then_some(digits)
 }
 
+/// Gives `object` an own, ordinary (writable, enumerable, configurable)
+/// property `name`. Defined, not assigned: an assignment would look for a
+/// setter up the prototype chain on every attribute, and an attribute named
+/// `__proto__` would change the object's prototype instead of being one.
+///
+/// # Errors
+/// Only when the engine cannot allocate.
+pub fn define<'js>(object: &Object<'js>, name: &str, value: Value<'js>) -> rquickjs::Result<()> {
+    object.prop(
+        name,
+        rquickjs::object::Property::from(value)
+            .writable()
+            .enumerable()
+            .configurable(),
+    )
+}
+
 /// An attribute value as a JS value.
 ///
 /// # Errors
@@ -93,7 +110,7 @@ pub fn to_js<'js>(
         V::M(map) => {
             let object = Object::new(ctx.clone())?;
             for (k, v) in map {
-                object.set(k.as_str(), to_js(ctx, shapes, v)?)?;
+                define(&object, k, to_js(ctx, shapes, v)?)?;
             }
             object.into_value()
         }

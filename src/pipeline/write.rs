@@ -194,26 +194,7 @@ impl Writer {
                 return Ok(failed(&attrs_now, e.to_string()));
             }
             if self.dry_run {
-                // Samples and the write estimate are for the dry-run report.
-                let key = || diff::key_of(&self.keys, &attrs_now);
-                match &planned {
-                    Planned::Update(e) => self
-                        .stats
-                        .offer_sample(|| sample_update(&key(), &attrs_now, &change, e)),
-                    Planned::Delete(_) => self.stats.offer_sample(|| Sample {
-                        key: crate::state::deadletter::to_json(&key()).to_string(),
-                        change: SampleChange::Delete,
-                    }),
-                    Planned::Unchanged => {}
-                }
-                let milli = write_estimate(&attrs_now, &planned) * 1000.0;
-                self.stats
-                    .write_estimate_milli
-                    .fetch_add(milli as u64, std::sync::atomic::Ordering::Relaxed);
-                return Ok(match planned {
-                    Planned::Delete(_) => ItemOutcome::Deleted,
-                    _ => ItemOutcome::Updated,
-                });
+                return Ok(self.dry_run_outcome(&attrs_now, &change, planned));
             }
             let key = diff::key_of(&self.keys, &attrs_now);
             // Boxed, here and below: the SDK's request futures are large, and
@@ -292,6 +273,30 @@ impl Writer {
                 MAX_CONFLICT_RETRIES + 1
             ),
         })
+    }
+
+    /// A dry run's outcome for a planned write, with its sample and write
+    /// estimate recorded for the dry-run report.
+    fn dry_run_outcome(&self, attrs: &Attrs, change: &Change, planned: Planned) -> ItemOutcome {
+        let key = || diff::key_of(&self.keys, attrs);
+        match &planned {
+            Planned::Update(e) => self
+                .stats
+                .offer_sample(|| sample_update(&key(), attrs, change, e)),
+            Planned::Delete(_) => self.stats.offer_sample(|| Sample {
+                key: crate::state::deadletter::to_json(&key()).to_string(),
+                change: SampleChange::Delete,
+            }),
+            Planned::Unchanged => {}
+        }
+        let milli = write_estimate(attrs, &planned) * 1000.0;
+        self.stats
+            .write_estimate_milli
+            .fetch_add(milli as u64, std::sync::atomic::Ordering::Relaxed);
+        match planned {
+            Planned::Delete(_) => ItemOutcome::Deleted,
+            _ => ItemOutcome::Updated,
+        }
     }
 
     /// The first attribute the transform touched that a projected scan did not fetch.

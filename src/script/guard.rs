@@ -145,16 +145,29 @@ impl<'js> Call<'_, 'js> {
                 })));
             }
         }
-        // Where a watched write happened (see the prelude's `watch`).
+        for name in self.writes.iter::<String>() {
+            candidates.insert(name?);
+        }
+        // Where a marked write happened (see the prelude's `mark`).
         let stacks: Option<Object> = if marked { result.get(5)? } else { None };
+        self.changes(&target, scanned, candidates, stacks)
+    }
+
+    /// The update that makes the scanned item what `target` became, over the
+    /// attributes that may have changed (`candidates`); `stacks` are the
+    /// stacks of marked writes, by attribute name.
+    fn changes(
+        &self,
+        target: &Object<'js>,
+        scanned: &crate::migration::Attrs,
+        candidates: BTreeSet<String>,
+        stacks: Option<Object<'js>>,
+    ) -> rquickjs::Result<Result<Change, TransformError>> {
         let stack_of = |name: &str| {
             stacks
                 .as_ref()
                 .and_then(|o| o.get::<_, Option<String>>(name).ok().flatten())
         };
-        for name in self.writes.iter::<String>() {
-            candidates.insert(name?);
-        }
         let mut update = Update::new();
         for name in candidates {
             let now: Value = self.own_value.call((target.clone(), name.as_str()))?;

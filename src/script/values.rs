@@ -157,6 +157,10 @@ fn number_to_js<'js>(
 /// A value DynamoDB cannot store (`undefined`, a function, NaN, an empty or
 /// mixed `Set`, a class instance other than the shapes above), named by its
 /// path (`address.lines[2]`).
+///
+/// One function on purpose (about 100 lines): one case per JS shape, in the
+/// order the shapes must be told apart (a `NumberValue` and a `Set` are
+/// objects too), reads best as the one table it is.
 pub fn from_js<'js>(
     shapes: &Shapes<'js>,
     v: &Value<'js>,

@@ -38,7 +38,8 @@
 //!   partition reads), the ledger, checkpoints and the watermark, the lock and its
 //!   fence, a shared run's membership and segment leases; and the dead-letter file.
 //! - [`capacity`]: capacity budgets (governor ceiling + adaptive working rate), the
-//!   cost model (units per read and write, Scan page size) and backoff.
+//!   cost model (units per read and write, Scan page size), backoff, and each
+//!   process's share of a run's limits when the run is shared (`--join`).
 //! - [`dynamo`]: the DynamoDB edge: the shared client, the classification of its
 //!   errors, table description, schema steps, attribute values (sizes, equality),
 //!   numbers and the typed deserializer.

@@ -2,7 +2,8 @@
 //! endpoint through the capacity-limited proxy: segments are leased in the
 //! state table, a killed process's segments are taken over from their
 //! checkpoints, a paused one cannot move a checkpoint it no longer holds,
-//! and the ledger records the run once with every process's counts.
+//! the ledger records the run once with every process's counts, and the
+//! run's capacity limit is one budget shared by the processes.
 
 mod common;
 mod proxy;
@@ -352,4 +353,43 @@ async fn a_process_paused_past_its_lease_cannot_move_a_checkpoint_it_no_longer_h
     }
     assert_migrated(&table.name, &items).await;
     assert_recorded_once(&state.name, &table.name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_share_one_capacity_limit() {
+    const MANY: u64 = 4_500;
+    const LIMIT: f64 = 150.0;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (table, items) = small_items_table("orders-budget", MANY, 43).await;
+    let state = TestTable::named("state");
+    // No capacity limit at the proxy: only the processes' shared budget
+    // holds them back, and the proxy counts what each window served.
+    let proxy = Proxy::start(&endpoint(), Config::new(&table.name)).await;
+    let mut args = join_args(&proxy.url, &table.name, &state.name);
+    let wcu = args.iter().position(|a| a == "--wcu-limit").unwrap() + 1;
+    args[wcu] = format!("{LIMIT}");
+    let runs: Vec<Child> = (0..3).map(|_| spawn(&args)).collect();
+    for (i, child) in runs.into_iter().enumerate() {
+        let (code, out, err) = output(child);
+        assert_eq!(code, Some(0), "process {i}\n{out}\n{err}");
+    }
+    assert_migrated(&table.name, &items).await;
+    let stats = proxy.stats();
+    // The three processes together, in any 10-second window: within the
+    // run's limit + 5%, and at 90% of it or more while they all run.
+    let busiest = stats.max_window(proxy::Kind::Write, 10.0);
+    println!(
+        "busiest 10 s: {busiest} WCU of {}; whole run: {} WCU in {:.1} s",
+        LIMIT * 10.0,
+        stats.total(proxy::Kind::Write).units,
+        stats.last(proxy::Kind::Write)
+    );
+    assert!(
+        busiest <= LIMIT * 10.0 * 1.05,
+        "{busiest} WCU in 10 s against a limit of {LIMIT}/s"
+    );
+    assert!(
+        busiest >= LIMIT * 10.0 * 0.9,
+        "{busiest} WCU in the busiest 10 s against a limit of {LIMIT}/s"
+    );
 }

@@ -234,6 +234,12 @@ pub struct Budget {
     /// Calls wait for capacity one at a time, in arrival order (tokio's mutex
     /// is fair). See [`Budget::acquire`].
     queue: tokio::sync::Mutex<()>,
+    /// This process's share of a ceiling shared with other processes
+    /// (`run --join`), units per second: caps the working rate. Stored as f64
+    /// bits; `u64::MAX` is no share (the whole ceiling).
+    share: AtomicU64,
+    /// Wakes calls waiting for a share above zero.
+    share_changed: tokio::sync::Notify,
 }
 
 struct State {
@@ -302,7 +308,32 @@ impl Budget {
             consumed_milli: AtomicU64::new(0),
             throttles: AtomicU64::new(0),
             queue: tokio::sync::Mutex::new(()),
+            share: AtomicU64::new(u64::MAX),
+            share_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Caps this budget at `units` per second, this process's share of a
+    /// ceiling shared with other processes (`None`: the whole ceiling). At
+    /// zero, calls wait until a share is given. The adaptive controller keeps
+    /// working underneath: the rate used is the lower of the two.
+    pub fn set_share(&self, units: Option<f64>) {
+        let bits = units.map_or(u64::MAX, |u| u.max(0.0).to_bits());
+        self.share.store(bits, Relaxed);
+        self.share_changed.notify_waiters();
+    }
+
+    /// This process's share of a shared ceiling, if one is set.
+    pub fn share(&self) -> Option<f64> {
+        match self.share.load(Relaxed) {
+            u64::MAX => None,
+            bits => Some(f64::from_bits(bits)),
+        }
+    }
+
+    /// The controller's rate under the share, if any.
+    fn capped(&self, rate: f64) -> f64 {
+        self.share().map_or(rate, |s| rate.min(s))
     }
 
     /// The operator's ceiling, units per second.
@@ -310,9 +341,11 @@ impl Budget {
         self.ceiling
     }
 
-    /// The current working rate (ramping up from a tenth of the ceiling at the start).
+    /// The current working rate (ramping up from a tenth of the ceiling at the
+    /// start), under this process's share of a shared ceiling.
     pub fn rate(&self) -> Option<f64> {
-        self.lock().controller.as_ref().map(Controller::rate)
+        let rate = self.lock().controller.as_ref().map(Controller::rate);
+        rate.map(|r| self.capped(r))
     }
 
     /// Units consumed so far, as DynamoDB reported them.
@@ -364,9 +397,18 @@ impl Budget {
                 self.queue.lock().await
             }
         };
+        // A process given no share of a shared ceiling yet waits for one.
+        loop {
+            let changed = self.share_changed.notified();
+            if self.share().is_none_or(|s| s > 0.0) {
+                break;
+            }
+            waited = true;
+            changed.await;
+        }
         let (mut cells, units, mut rate) = {
             let mut st = self.lock();
-            let rate = st.controller.as_ref().map_or(ceiling, Controller::rate);
+            let rate = self.capped(st.controller.as_ref().map_or(ceiling, Controller::rate));
             let scale = ceiling / rate.max(1e-9);
             let need = estimate - st.balance;
             st.balance = (st.balance - estimate).max(0.0);
@@ -387,7 +429,9 @@ impl Budget {
         // table that just said it is full.
         for _ in 0..8 {
             let now = self.rate().unwrap_or(rate);
-            if now >= rate * 0.999 {
+            // A share taken away altogether (its process has nothing left to
+            // scan) leaves nothing to price at: the call goes at the old rate.
+            if now >= rate * 0.999 || now <= 0.0 {
                 break;
             }
             cells = (units * (ceiling / now.max(1e-9) - ceiling / rate) / size.unit).ceil() as u64;
@@ -820,6 +864,28 @@ mod tests {
             .into_iter()
             .sum();
         assert_eq!(taken, 1);
+    }
+
+    #[tokio::test]
+    async fn a_share_caps_the_rate_and_a_zero_share_waits_for_one() {
+        let b = Budget::steady(100.0);
+        assert_eq!(b.rate(), Some(100.0));
+        b.set_share(Some(25.0));
+        assert_eq!(b.rate(), Some(25.0), "the lower of the rate and the share");
+        b.set_share(Some(0.0));
+        let waiting = b.acquire(1.0);
+        let mut waiting = std::pin::pin!(waiting);
+        let pending = tokio::time::timeout(Duration::from_millis(50), &mut waiting).await;
+        assert!(pending.is_err(), "no share: the call waits");
+        b.set_share(Some(50.0));
+        let cells = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a share given: the call goes");
+        // Priced at the share: one unit at 50/s of a 100/s ceiling is two units' cells.
+        let units = cells as f64 * Cells::for_ceiling(100.0).unit;
+        assert!((units - 2.0).abs() < 1e-9, "{units}");
+        b.set_share(None);
+        assert_eq!(b.rate(), Some(100.0));
     }
 
     #[tokio::test]

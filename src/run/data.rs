@@ -64,7 +64,11 @@ impl Step<'_> {
             write: Budget::new(prepared.write_limit),
         });
         let (member, claims) = match self.shared {
-            Some(Shared { member, claims }) => (Some(member), Some(claims)),
+            Some(Shared { member, claims }) => {
+                // The run's limits are shared by its live processes.
+                member.attach(budgets.clone());
+                (Some(member), Some(claims))
+            }
             None => (None, None),
         };
         let (acks, checkpointer) = match state.clone() {

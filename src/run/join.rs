@@ -244,6 +244,7 @@ pub(super) async fn execute(
         &run_id,
         plan.lease,
         slots,
+        [prepared.read_limit, prepared.write_limit],
     )
     .await?;
     // Losing the membership (paused past the lease, or taken over) stops this process.

@@ -22,6 +22,11 @@
 //!   on the row holding this member's token (and on the fence's epoch), so a
 //!   paused former owner can never move a segment's watermark. The segment's
 //!   last checkpoint (`done`) releases the lease in the same write.
+//! - One capacity budget: each membership row publishes the member's shares
+//!   of the run's read and write limits and whether it wants capacity; every
+//!   heartbeat, each member reads the others' rows (live ones only: a row
+//!   unrenewed for a whole lease is a dead member's) and moves its shares by
+//!   [`crate::capacity::share`]'s rule, so their sum stays within the limits.
 //! - Each segment row carries the counts of its acknowledged pages over
 //!   every process that held it, so the run's totals are the rows' sum.
 
@@ -34,11 +39,13 @@ use aws_sdk_dynamodb::Client;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::capacity::limiter::Budgets;
+use crate::capacity::share::{self, Peer};
 use crate::dynamo::classify::{AwsError, Class};
 use crate::dynamo::value::Attrs;
 use crate::error::{Error, Result};
 use crate::state::fence::{self, Fence};
-use crate::state::lock::{self, heartbeat, held_for, now_ms, Session, Version};
+use crate::state::lock::{self, heartbeat, held_for, judge, now_ms, Session, Verdict, Version};
 use crate::state::store::{now, query_state, runner_identity, Counts};
 
 /// The attributes of a segment row that make up its lease.
@@ -185,15 +192,35 @@ pub struct Member {
     closing: Mutex<std::collections::HashSet<u32>>,
     slots: Arc<Semaphore>,
     heartbeat: Mutex<Option<JoinHandle<()>>>,
+    /// The run's read and write limits (units per second; `None`: unlimited),
+    /// shared by the live members.
+    limits: [Option<f64>; 2],
+    /// This process's shares: as published in its membership row, and as
+    /// applied to its budgets (an increase is published before it is applied,
+    /// a decrease applied before it is published).
+    shares: Mutex<Shares>,
+    budgets: Mutex<Option<Arc<Budgets>>>,
+    /// Other members' rows, watched to tell the live from the dead.
+    peers: Mutex<HashMap<String, Option<(Version, Instant)>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Shares {
+    published: [f64; 2],
+    applied: [f64; 2],
+    wants: bool,
 }
 
 impl Member {
     /// Becomes a member of the run `run_id` of `migration` on `table` under
-    /// `session`, holding at most `slots` segments at once; writes the
-    /// membership row and starts the heartbeat.
+    /// `session`, holding at most `slots` segments at once and sharing the
+    /// run's `limits` (read, write) with the other members; writes the
+    /// membership row and starts the heartbeat. A member that opened the
+    /// session starts with the whole limits, one that joined with none.
     ///
     /// # Errors
     /// When the membership row cannot be written.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         client: &Client,
         state_table: &str,
@@ -202,7 +229,15 @@ impl Member {
         run_id: &str,
         lease: Duration,
         slots: usize,
+        limits: [Option<f64>; 2],
     ) -> Result<Arc<Member>> {
+        let first = limits.map(|l| {
+            if session.opened {
+                l.unwrap_or(0.0)
+            } else {
+                0.0
+            }
+        });
         let member = Arc::new(Member {
             client: client.clone(),
             state_table: state_table.to_owned(),
@@ -215,6 +250,16 @@ impl Member {
             closing: Mutex::new(std::collections::HashSet::new()),
             slots: Arc::new(Semaphore::new(slots.max(1))),
             heartbeat: Mutex::new(None),
+            limits,
+            // A member joins to scan: it wants capacity until its first
+            // heartbeat finds it holds nothing.
+            shares: Mutex::new(Shares {
+                published: first,
+                applied: first,
+                wants: true,
+            }),
+            budgets: Mutex::new(None),
+            peers: Mutex::new(HashMap::new()),
         });
         member
             .write_membership(true)
@@ -283,7 +328,9 @@ impl Member {
     }
 
     async fn write_membership(&self, first: bool) -> std::result::Result<(), AwsError> {
-        let mut update = "SET #owner = :owner, #pid = :pid, #lease = :lease, #expires = :expires \
+        let shares = *self.shares.lock().unwrap();
+        let mut update = "SET #owner = :owner, #pid = :pid, #lease = :lease, #expires = :expires, \
+                          #sr = :sr, #sw = :sw, #wants = :wants \
                           ADD #beat :one"
             .to_owned();
         let mut req = self
@@ -301,7 +348,13 @@ impl Member {
             .expression_attribute_values(":pid", num(i64::from(std::process::id())))
             .expression_attribute_values(":lease", num(self.lease.as_millis() as i64))
             .expression_attribute_values(":expires", num(now_ms() + self.lease.as_millis() as i64))
-            .expression_attribute_values(":one", num(1));
+            .expression_attribute_values(":one", num(1))
+            .expression_attribute_names("#sr", "share_read")
+            .expression_attribute_names("#sw", "share_write")
+            .expression_attribute_names("#wants", "wants")
+            .expression_attribute_values(":sr", AttributeValue::N(shares.published[0].to_string()))
+            .expression_attribute_values(":sw", AttributeValue::N(shares.published[1].to_string()))
+            .expression_attribute_values(":wants", AttributeValue::Bool(shares.wants));
         if first {
             update = update.replace("SET ", "SET #since = :since, ");
             req = req
@@ -313,6 +366,127 @@ impl Member {
             .await
             .map(|_| ())
             .map_err(AwsError::from_sdk)
+    }
+
+    /// Caps `budgets` at this process's shares of the run's limits, from now
+    /// on following them.
+    pub fn attach(&self, budgets: Arc<Budgets>) {
+        let applied = self.shares.lock().unwrap().applied;
+        self.apply(&budgets, applied);
+        *self.budgets.lock().unwrap() = Some(budgets);
+    }
+
+    fn apply(&self, budgets: &Budgets, shares: [f64; 2]) {
+        for (k, budget) in [&budgets.read, &budgets.write].into_iter().enumerate() {
+            if self.limits[k].is_some() {
+                budget.set_share(Some(shares[k]));
+            }
+        }
+    }
+
+    /// Decides this process's next shares from the other live members' rows
+    /// (see [`crate::capacity::share`]): a decrease is applied at once, the
+    /// new shares are published by this heartbeat's membership write and
+    /// applied once it lands ([`Member::apply_published`]). Members whose row
+    /// went a whole lease unrenewed are dead and count for nothing.
+    async fn rebalance(&self) {
+        if self.limits.iter().all(Option::is_none) {
+            return;
+        }
+        let Ok(rows) = query_state(&self.client, &self.state_table, self.lock_pk()).await else {
+            return;
+        };
+        let me = format!("member#{}", self.token);
+        let now = Instant::now();
+        let mut peers: [Vec<Peer>; 2] = [Vec::new(), Vec::new()];
+        let mut dead = Vec::new();
+        {
+            let mut watches = self.peers.lock().unwrap();
+            let mut seen = Vec::new();
+            for row in &rows {
+                let Some(sk) = s_of(row, "sk").filter(|sk| sk.starts_with("member#") && *sk != me)
+                else {
+                    continue;
+                };
+                seen.push(sk.clone());
+                let version = (
+                    sk.clone(),
+                    n_of(row, "beat").unwrap_or(0).max(0) as u64,
+                    None,
+                );
+                let period = self.lease.max(Duration::from_millis(
+                    n_of(row, "lease_ms").unwrap_or(0).max(0) as u64,
+                ));
+                let watch = watches.entry(sk).or_default();
+                match judge(watch, version.clone(), now, period) {
+                    Verdict::Expired => {
+                        dead.push(version);
+                        continue;
+                    }
+                    Verdict::Alive => *watch = Some((version, now)),
+                    Verdict::Wait => {}
+                }
+                let wants = matches!(row.get("wants"), Some(AttributeValue::Bool(true)));
+                for (k, name) in ["share_read", "share_write"].into_iter().enumerate() {
+                    let share = row
+                        .get(name)
+                        .and_then(|v| v.as_n().ok())
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0);
+                    peers[k].push(Peer { share, wants });
+                }
+            }
+            watches.retain(|sk, _| seen.contains(sk));
+        }
+        // A dead member's row goes (unless it was renewed meanwhile), so
+        // that the last member out can release the lock.
+        for (sk, beat, _) in dead {
+            let _ = self
+                .client
+                .delete_item()
+                .table_name(&self.state_table)
+                .key("pk", AttributeValue::S(self.lock_pk().to_owned()))
+                .key("sk", AttributeValue::S(sk))
+                .condition_expression("#beat = :beat")
+                .expression_attribute_names("#beat", "beat")
+                .expression_attribute_values(":beat", num(beat as i64))
+                .send()
+                .await;
+        }
+        let wants = !self.held().is_empty();
+        let mut shares = self.shares.lock().unwrap();
+        shares.wants = wants;
+        for (k, peers) in peers.iter().enumerate() {
+            let Some(limit) = self.limits[k] else {
+                continue;
+            };
+            let (next, _) = share::next(limit, shares.applied[k], wants, peers);
+            shares.published[k] = next;
+            if next < shares.applied[k] {
+                shares.applied[k] = next;
+            }
+        }
+        let applied = shares.applied;
+        drop(shares);
+        if let Some(b) = self.budgets.lock().unwrap().as_ref() {
+            self.apply(b, applied);
+        }
+    }
+
+    /// The published shares are in the membership row: use them.
+    fn apply_published(&self) {
+        let mut shares = self.shares.lock().unwrap();
+        shares.applied = shares.published;
+        let applied = shares.applied;
+        drop(shares);
+        if let Some(b) = self.budgets.lock().unwrap().as_ref() {
+            self.apply(b, applied);
+        }
+    }
+
+    /// This process's shares of the run's read and write limits, as applied.
+    pub fn shares(&self) -> [f64; 2] {
+        self.shares.lock().unwrap().applied
     }
 
     /// One renewal of `segment`'s lease, refused when it is no longer ours.
@@ -669,6 +843,7 @@ async fn beat(member: Arc<Member>) {
                 return;
             }
         }
+        member.rebalance().await;
         let sent = Instant::now();
         let segments = member.renewed();
         let renewals = async {
@@ -715,6 +890,7 @@ async fn beat(member: Arc<Member>) {
                 match results.iter().find_map(|r| r.as_ref().err()) {
                     None => {
                         fence.extend(sent + held_for(member.lease));
+                        member.apply_published();
                         pause = every;
                     }
                     Some(e) => {

@@ -393,3 +393,46 @@ async fn three_processes_share_one_capacity_limit() {
         "{busiest} WCU in the busiest 10 s against a limit of {LIMIT}/s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_process_saves_its_checkpoints_and_releases_its_leases() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (table, items) = small_items_table("orders-int", ITEMS, 44).await;
+    let state = TestTable::named("state");
+    let proxy = slow_proxy(&table.name).await;
+    let args = join_args(&proxy.url, &table.name, &state.name);
+    let mut procs: Vec<Child> = (0..2).map(|_| spawn(&args)).collect();
+    let (victim, held) = wait_until_one_is_mid_run(&state.name, &table.name, &mut procs).await;
+    let stopped = procs.remove(victim);
+    let other = procs.remove(0);
+    // SAFETY: signalling our own child.
+    assert_eq!(
+        unsafe { libc::kill(stopped.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let (code, out, err) = output(stopped);
+    assert_eq!(code, Some(130), "{out}\n{err}");
+    // Its leases are released at once, its checkpoints kept: the rows it
+    // held are free (or already taken by the other process), none lost its
+    // progress.
+    let rows = run_rows(&state.name, &table.name).await;
+    for (sk, token) in &held {
+        let Some(row) = rows.get(sk) else { continue };
+        assert_ne!(
+            s(row, "token"),
+            Some(token.as_str()),
+            "{sk} still leased: {row:?}"
+        );
+        if s(row, "saved_by") == Some(token.as_str()) {
+            let done = row.get("done") == Some(&AttributeValue::Bool(true));
+            assert!(
+                done || row.contains_key("last_key"),
+                "{sk} kept its checkpoint: {row:?}"
+            );
+        }
+    }
+    let (code, out, err) = output(other);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_migrated(&table.name, &items).await;
+    assert_recorded_once(&state.name, &table.name).await;
+}

@@ -845,6 +845,50 @@ fn builder_copies(dockerfile: &str) -> Vec<PathBuf> {
     copied
 }
 
+/// The source files of the targets Cargo.toml declares explicitly ([lib],
+/// [[bin]], [[bench]], [[test]], [[example]]): a declared target's file
+/// must exist when cargo reads the manifest, whatever is built.
+fn manifest_target_paths(manifest: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut section = String::new();
+    let (mut name, mut path) = (None::<String>, None::<String>);
+    let mut flush = |section: &str, name: &mut Option<String>, path: &mut Option<String>| {
+        let default = |dir: &str| name.as_ref().map(|n| format!("{dir}/{n}.rs"));
+        let found = path.take().or_else(|| match section {
+            "[lib]" => Some("src/lib.rs".to_owned()),
+            "[[bin]]" => default("src/bin"),
+            "[[bench]]" => default("benches"),
+            "[[test]]" => default("tests"),
+            "[[example]]" => default("examples"),
+            _ => None,
+        });
+        name.take();
+        if let Some(p) = found {
+            paths.push(p);
+        }
+    };
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            flush(&section, &mut name, &mut path);
+            section = line.to_owned();
+            continue;
+        }
+        let value = |key: &str| {
+            line.strip_prefix(key)
+                .map(str::trim_start)
+                .and_then(|r| r.strip_prefix('='))
+                .map(|r| r.trim().trim_matches('"').to_owned())
+        };
+        if let Some(v) = value("name") {
+            name = Some(v);
+        } else if let Some(v) = value("path") {
+            path = Some(v);
+        }
+    }
+    flush(&section, &mut name, &mut path);
+    paths
+}
+
 #[test]
 fn the_image_build_copies_every_file_the_binary_compiles_in() {
     let copied = builder_copies(&read("Dockerfile"));
@@ -855,9 +899,19 @@ fn the_image_build_copies_every_file_the_binary_compiles_in() {
             "the build stage does not copy {needed}"
         );
     }
-    // Every target the manifest names must exist for cargo to read it.
-    if read("Cargo.toml").contains("[[bench]]") {
-        assert!(is_copied(Path::new("benches")), "Cargo.toml names benches");
+    // Every target the manifest names must exist for cargo to read it: in
+    // the dependency layer, as a stub the Dockerfile writes; then copied.
+    let dockerfile = read("Dockerfile");
+    for path in manifest_target_paths(&read("Cargo.toml")) {
+        assert!(
+            dockerfile.contains(&format!("> {path}"))
+                || dockerfile.contains(&format!("touch {path}")),
+            "Cargo.toml names {path}: the Dockerfile's dependency layer must write a stub of it"
+        );
+        assert!(
+            is_copied(Path::new(&path)),
+            "the build stage does not copy {path}"
+        );
     }
     let ignored = read(".dockerignore");
     let mut files = Vec::new();
@@ -892,4 +946,20 @@ fn the_image_build_copies_every_file_the_binary_compiles_in() {
         }
     }
     assert!(included > 0, "no include_str! found: the scan is broken");
+}
+
+#[test]
+fn the_manifest_scan_finds_every_declared_target() {
+    let manifest = "[package]\nname = \"x\"\n\n[lib]\npath = \"src/lib.rs\"\n\n[[bin]]\nname = \"tool\"\n\n\
+                    [dependencies]\nserde = \"1\"\n\n[[bench]]\nname = \"speed\"\nharness = false\n\n\
+                    [[bench]]\nname = \"other\"\npath = \"benches/o/main.rs\"\n";
+    assert_eq!(
+        manifest_target_paths(manifest),
+        [
+            "src/lib.rs",
+            "src/bin/tool.rs",
+            "benches/speed.rs",
+            "benches/o/main.rs"
+        ]
+    );
 }

@@ -56,7 +56,7 @@ async fn scenario(name: &str, limit: f64, capacity: f64) {
         Arc::new(StatusCategory),
         &table.name,
         &Plan {
-            segments: 8,
+            segments: Some(8),
             limits: Limits {
                 read: Limit::Units(1_000.0),
                 write: Limit::Units(limit),

@@ -28,7 +28,7 @@ async fn run_through(
         Arc::new(StatusCategory),
         table,
         &Plan {
-            segments,
+            segments: Some(segments),
             limits,
             ..test_plan(state)
         },

@@ -317,6 +317,47 @@ async fn dry_run_writes_nothing_and_predicts_the_real_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_segments_the_count_follows_the_table_and_join() {
+    let (table, items) = sample_table("orders-segs", KeyShape::Composite, 300, 5).await;
+    let state = TestTable::named("state");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--unlimited",
+            "--table",
+            &table.name,
+            "--state-table",
+            &state.name,
+        ];
+        args.extend_from_slice(extra);
+        dynbulk().args(&args).output().unwrap()
+    };
+    // A small table: the floor, 4 segments alone, 8 x --workers shared.
+    for (extra, want) in [
+        (
+            vec!["--dry-run"],
+            "segments:       4 (default: one per 256 MiB",
+        ),
+        (vec!["--dry-run", "--join"], "segments:       64 (default"),
+        (
+            vec!["--dry-run", "--join", "--workers", "2"],
+            "segments:       16 (default",
+        ),
+        (vec!["--dry-run", "--segments", "7"], "segments:       7\n"),
+    ] {
+        let out = run(&extra);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stdout}\n{stderr}");
+        assert!(stdout.contains(want), "{extra:?}: {stdout}");
+    }
+    // A shared run on the default count migrates every item.
+    let out = run(&["--join"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_migrated(&table.name, &items).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item_too_large_to_update_is_dead_lettered_and_exit_is_1() {
     let client = client();
     let (table, _) = sample_table("orders-big", KeyShape::Composite, 200, 11).await;

@@ -108,7 +108,7 @@ async fn concurrent_application_writes_are_never_lost() {
         Arc::new(StatusCategory),
         &table.name,
         &Plan {
-            segments: 8,
+            segments: Some(8),
             page_size: Some(100),
             ..test_plan(&state)
         },

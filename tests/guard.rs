@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 fn plan(state: &TestTable) -> Plan {
     Plan {
-        segments: 2,
+        segments: Some(2),
         workers: 2,
         ..test_plan(state)
     }

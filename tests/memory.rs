@@ -62,7 +62,7 @@ async fn items_held_stay_within_the_inflight_budget_when_writes_are_slower_than_
         Arc::new(StatusCategory),
         &table.name,
         &Plan {
-            segments,
+            segments: Some(segments),
             inflight_bytes: budget,
             limits: Limits {
                 read: Limit::Unlimited,

@@ -19,7 +19,7 @@ const ITEMS: u64 = 20_000;
 fn plan(segments: u32, state: &TestTable) -> Plan {
     let dir = std::env::temp_dir();
     Plan {
-        segments,
+        segments: Some(segments),
         dead_letter: dir.join(format!("{}.jsonl", unique("dl"))),
         ..test_plan(state)
     }

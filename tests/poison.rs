@@ -28,7 +28,7 @@ const ORDINARY: usize = 60;
 
 fn plan(state: &TestTable, dead_letter: &Path) -> Plan {
     Plan {
-        segments: 2,
+        segments: Some(2),
         workers: 2,
         item_concurrency: 4,
         page_size: Some(10),

@@ -103,7 +103,7 @@ async fn table_active(table: &str) -> bool {
 
 fn plan(state: &TestTable) -> Plan {
     Plan {
-        segments: 2,
+        segments: Some(2),
         ..test_plan(state)
     }
 }

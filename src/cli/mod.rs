@@ -335,8 +335,11 @@ pub struct RunArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ThroughputArgs {
     /// Parallel scan segments (DynamoDB TotalSegments), 1 to 1000000.
-    #[arg(long, default_value_t = 4, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Throughput")]
-    pub segments: u32,
+    /// Default: one per 256 MiB of the table (DescribeTable's size), at least
+    /// 4; with --join at least 8 x --workers (64), so that every process has
+    /// several to claim. A resumed or joined run keeps the count it started with.
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..=1_000_000), help_heading = "Throughput")]
+    pub segments: Option<u32>,
     /// Worker tasks applying the transform and writing, 1 to 1024.
     #[arg(long, allow_negative_numbers = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "Throughput")]
     pub workers: u16,

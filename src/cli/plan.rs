@@ -52,15 +52,24 @@ impl fmt::Display for Prepared {
                     run.attempts,
                     run.started_at
                 )?;
-                if run.total_segments != self.plan.segments {
+                if let Some(given) = self.plan.segments.filter(|s| *s != run.total_segments) {
                     writeln!(
                         f,
-                        "                  TotalSegments stays {} for this run (a run's segments are fixed); --segments {} is ignored",
-                        run.total_segments, self.plan.segments
+                        "                  TotalSegments stays {} for this run (a run's segments are fixed); --segments {given} is ignored",
+                        run.total_segments
                     )?;
                 }
             }
-            None => writeln!(f, "  segments:       {}", self.plan.segments)?,
+            None if self.plan.segments.is_some() => {
+                writeln!(f, "  segments:       {}", self.segments)?
+            }
+            None => writeln!(
+                f,
+                "  segments:       {} (default: one per {} MiB of the table, at least {}; --segments to choose)",
+                self.segments,
+                crate::run::plan::SEGMENT_BYTES >> 20,
+                if self.plan.join { 8 * self.plan.workers } else { 4 }
+            )?,
         }
         match self.page_size {
             Some(p) => writeln!(

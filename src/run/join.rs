@@ -42,7 +42,11 @@ use crate::state::store::{query_state, runner_identity, Counts};
 /// first process stored them in the header.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Settings {
+    /// TotalSegments of a run this process starts.
     pub segments: u32,
+    /// True when `--segments` was given: a run started with another count
+    /// is then refused; without it, the run's own count is taken.
+    pub segments_given: bool,
     /// Read limit, units per second; `None`: unlimited.
     pub read: Option<f64>,
     /// Write limit, units per second; `None`: unlimited.
@@ -59,7 +63,8 @@ const UNLIMITED: &str = "unlimited";
 impl Settings {
     fn of(prepared: &Prepared) -> Self {
         Settings {
-            segments: prepared.plan.segments,
+            segments: prepared.segments,
+            segments_given: prepared.plan.segments.is_some(),
             read: prepared.read_limit,
             write: prepared.write_limit,
             version: prepared
@@ -105,6 +110,7 @@ impl Settings {
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse::<u32>().ok());
         let mut differs = Vec::new();
+        let stored_segments = stored_segments.filter(|_| self.segments_given);
         if let Some(theirs) = stored_segments.filter(|t| *t != self.segments) {
             differs.push((
                 format!("--segments {}", self.segments),
@@ -654,10 +660,23 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             segments: 12,
+            segments_given: true,
             read: Some(500.0),
             write: None,
             version: None,
         }
+    }
+
+    #[test]
+    fn a_joiner_without_segments_takes_the_runs_count() {
+        let mut h = settings().attrs();
+        h.insert("total_segments".into(), AttributeValue::N("12".into()));
+        let defaulted = Settings {
+            segments: 64,
+            segments_given: false,
+            ..settings()
+        };
+        assert_eq!(defaulted.conflict(&h), None);
     }
 
     #[test]

@@ -18,8 +18,9 @@ use crate::state::lock;
 /// Everything a run needs besides the migration and the table; validated by the CLI.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Parallel scan TotalSegments.
-    pub segments: u32,
+    /// Parallel scan TotalSegments; `None`: [`default_segments`] for the
+    /// table's size.
+    pub segments: Option<u32>,
     /// Worker tasks applying the transform and writing.
     pub workers: usize,
     /// Items of one page each worker processes at once.
@@ -85,6 +86,25 @@ pub struct Limits {
 /// hot throttles for that long, and the limiter already slows the run.
 pub const DEFAULT_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Table bytes per scan segment when `--segments` is not given.
+pub const SEGMENT_BYTES: u64 = 256 << 20;
+
+/// Most segments the default gives (a 25 TB table); `--segments` may ask
+/// for up to DynamoDB's 1,000,000.
+pub const MAX_DEFAULT_SEGMENTS: u64 = 100_000;
+
+/// TotalSegments when `--segments` is not given: one segment per
+/// [`SEGMENT_BYTES`] of the table (DescribeTable's size), so that the longest
+/// segment is a small part of a large table; at least 4; and in a run shared
+/// with `--join`, at least 8 x `workers` (each process scans up to `workers`
+/// segments at once, so 4 processes have two rounds each to claim and a
+/// process that finishes early finds more work).
+pub fn default_segments(table_bytes: u64, join: bool, workers: usize) -> u32 {
+    let by_size = table_bytes.div_ceil(SEGMENT_BYTES);
+    let floor = if join { 8 * workers as u64 } else { 4 };
+    by_size.max(floor).min(MAX_DEFAULT_SEGMENTS.max(floor)) as u32
+}
+
 /// Share of a provisioned table's capacity used when no limit is given: the
 /// application keeps the other half.
 pub const DEFAULT_PROVISIONED_SHARE: f64 = 0.5;
@@ -92,7 +112,7 @@ pub const DEFAULT_PROVISIONED_SHARE: f64 = 0.5;
 impl Default for Plan {
     fn default() -> Self {
         Plan {
-            segments: 4,
+            segments: None,
             workers: 8,
             item_concurrency: 8,
             page_size: None,
@@ -259,5 +279,21 @@ mod tests {
         assert_eq!(avg_item_bytes(&table(false, 0, 0)), 1024.0);
         assert_eq!(avg_item_bytes(&table(false, 100, 0)), 1024.0);
         assert_eq!(avg_item_bytes(&table(false, 100, 50_000)), 500.0);
+    }
+
+    #[test]
+    fn default_segments_grow_with_the_table_and_with_join() {
+        const GIB: u64 = 1 << 30;
+        // Small tables: the old default, or enough for several processes.
+        assert_eq!(default_segments(0, false, 8), 4);
+        assert_eq!(default_segments(GIB, false, 8), 4);
+        assert_eq!(default_segments(0, true, 8), 64);
+        assert_eq!(default_segments(0, true, 2), 16);
+        // One per 256 MiB beyond that: 400 GB (400 million 1 KB items) is 1,600.
+        assert_eq!(default_segments(400 * GIB, false, 8), 1_600);
+        assert_eq!(default_segments(400 * GIB, true, 8), 1_600);
+        assert_eq!(default_segments(256 * (1 << 20) + 1, false, 1), 4);
+        // Capped for huge tables (--segments may still ask for more).
+        assert_eq!(default_segments(1 << 50, false, 8), 100_000);
     }
 }

@@ -27,6 +27,9 @@ pub async fn prepare(
     plan: &Plan,
 ) -> Result<Prepared, Error> {
     let info = table::describe(client, table_name).await?;
+    let segments = plan
+        .segments
+        .unwrap_or_else(|| super::plan::default_segments(info.size_bytes, plan.join, plan.workers));
     let (read_limit, read_note) = resolve_limit(
         plan.limits.read,
         &info,
@@ -58,7 +61,7 @@ pub async fn prepare(
         limit_notes: read_note.into_iter().chain(write_note).collect(),
         page_size,
         avg_item_bytes,
-        segments: plan.segments,
+        segments,
         read_estimate,
         existing,
         unreadable_state,

@@ -56,7 +56,7 @@ pub(super) async fn open(store: &Store, prepared: &Prepared) -> Result<RunState,
         Resume::Start => {}
     }
     store
-        .create(prepared.plan.segments, &table.keys, table.table_id.clone())
+        .create(prepared.segments, &table.keys, table.table_id.clone())
         .await
 }
 

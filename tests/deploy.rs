@@ -142,13 +142,21 @@ fn run_help() -> String {
 
 /// A flag's `[default: N]` in `run --help`.
 fn help_default(help: &str, flag: &str) -> Option<String> {
+    // A flag's own line starts at column 2 or 6 (see `parse_help`); a
+    // description that mentions a flag, wrapped or not, is further in.
+    let flag_line = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('-') && l.len() - t.len() <= 6
+    };
     let mut lines = help.lines().skip_while(|l| {
-        !l.split_whitespace()
-            .any(|t| t.trim_end_matches(',') == flag)
+        !(flag_line(l)
+            && l.split_whitespace()
+                .take(2)
+                .any(|t| t.trim_end_matches(',') == flag))
     });
     lines.next()?;
     lines
-        .take_while(|l| !l.trim_start().starts_with('-'))
+        .take_while(|l| !flag_line(l))
         .find_map(|l| l.trim().strip_prefix("[default: "))
         .map(|d| d.trim_end_matches(']').to_owned())
 }
@@ -323,17 +331,28 @@ fn the_three_engines_run_the_same_command_and_the_same_number_of_processes() {
     assert_eq!(run_task["taskDefinition"], ecs["family"]);
 
     // A process holds at most --workers segments at a time: with fewer than
-    // K x --workers segments, some processes find nothing to claim.
+    // K x --workers segments, some processes find nothing to claim. Without
+    // --segments, the count is dynbulk's default for a shared run, whose
+    // smallest value (an empty table) is checked.
     let help = run_help();
-    let number = |flag: &str| -> u64 {
+    let number = |flag: &str| -> Option<u64> {
         flag_value(first, flag)
             .map(str::to_owned)
             .or_else(|| help_default(&help, flag))
-            .unwrap_or_else(|| panic!("{flag}: no value and no default"))
-            .parse()
-            .unwrap()
+            .map(|v| v.parse().unwrap())
     };
-    let (segments, workers) = (number("--segments"), number("--workers"));
+    let workers = number("--workers").expect("--workers: no value and no default");
+    let segments = number("--segments").unwrap_or_else(|| {
+        assert!(
+            first.iter().any(|a| a == "--join"),
+            "the engines run --join"
+        );
+        u64::from(dynbulk::run::plan::default_segments(
+            0,
+            true,
+            workers as usize,
+        ))
+    });
     assert!(
         segments >= k * workers,
         "--segments {segments} < K x --workers = {k} x {workers}: some processes would have no segment"

@@ -34,6 +34,7 @@ RUN mkdir -p src/bin benches \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/pipeline.rs \
     && echo 'fn main() {}' > benches/capacity.rs \
+    && echo 'fn main() {}' > benches/join.rs \
     && cargo build --release --locked --bin dynbulk \
     && rm -rf src benches \
         target/release/dynbulk target/release/dynbulk.d \

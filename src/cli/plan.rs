@@ -7,7 +7,7 @@ use crate::run::Prepared;
 use crate::util::human_duration;
 
 /// The printed plan, one line per fact in the order shown. One function on
-/// purpose (about 85 lines): it reads as the output it prints, and splitting
+/// purpose (about 95 lines): it reads as the output it prints, and splitting
 /// it would scatter that layout over helpers.
 impl fmt::Display for Prepared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

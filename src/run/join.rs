@@ -272,17 +272,11 @@ pub(super) async fn execute(
     if fence.held() {
         return result;
     }
-    let (error, report) = match result {
-        Ok(report) => (None, Some(Box::new(report))),
-        Err(f) => (Some(f.error), f.report),
-    };
-    let error = match error {
-        Some(e @ Error::LockLost(_)) => e,
-        _ => fence.lost_error(&format!(
-            "the rest of this process's part in the run of migration {id} on table {table}"
-        )),
-    };
-    Err(Failure { error, report })
+    super::lost_lock(
+        result,
+        &fence,
+        &format!("the rest of this process's part in the run of migration {id} on table {table}"),
+    )
 }
 
 /// Opens the shared run: joins the one in progress (its flags must be ours),

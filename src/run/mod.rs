@@ -144,17 +144,31 @@ pub async fn execute(
     if !lost {
         return result;
     }
-    // Whatever else went wrong, the run ended because it lost its lock.
+    lost_lock(
+        result,
+        &fence,
+        &format!(
+            "the rest of the run of migration {} on table {table_name}",
+            migration.id()
+        ),
+    )
+}
+
+/// The outcome of a run whose lock (or lease) was lost: whatever else went
+/// wrong, that is why it ended; what it achieved is kept. `what` names what
+/// could not be done (see [`crate::state::fence::Fence::lost_error`]).
+fn lost_lock(
+    result: Result<Report, Failure>,
+    fence: &crate::state::fence::Fence,
+    what: &str,
+) -> Result<Report, Failure> {
     let (error, report) = match result {
         Ok(report) => (None, Some(Box::new(report))),
         Err(f) => (Some(f.error), f.report),
     };
     let error = match error {
         Some(e @ Error::LockLost(_)) => e,
-        _ => fence.lost_error(&format!(
-            "the rest of the run of migration {} on table {table_name}",
-            migration.id()
-        )),
+        _ => fence.lost_error(what),
     };
     Err(Failure { error, report })
 }

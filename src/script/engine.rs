@@ -403,7 +403,7 @@ impl Engine {
         self.context.with(|ctx| {
             let migration = migration.restore(&ctx).map_err(|e| e.to_string())?;
             let internals = internals.restore(&ctx).map_err(|e| e.to_string())?;
-            let shapes = shapes(&ctx, &internals).map_err(|e| e.to_string())?;
+            let shapes = Shapes::of(&ctx, &internals).map_err(|e| e.to_string())?;
             Ok(f(&ctx, migration, &shapes))
         })
     }
@@ -504,22 +504,6 @@ impl Engine {
     }
 }
 
-/// The constructors value conversion needs.
-pub(super) fn shapes<'js>(
-    ctx: &Ctx<'js>,
-    internals: &Object<'js>,
-) -> rquickjs::Result<Shapes<'js>> {
-    let globals = ctx.globals();
-    let object: Object = globals.get("Object")?;
-    Ok(Shapes {
-        set: globals.get("Set")?,
-        string: globals.get("String")?,
-        number_value: internals.get("NumberValue")?,
-        set_values: internals.get("setValues")?,
-        object_proto: object.get("prototype")?,
-    })
-}
-
 /// The script's error as one line: its message and where it was thrown
 /// (file:line), or what limit stopped it.
 pub fn describe_error(
@@ -573,56 +557,15 @@ pub fn describe_error(
         Some(n) if n != "Error" => format!("{n}: {message}"),
         _ => message,
     };
-    match location(&stack) {
+    match guard::location(&stack) {
         Some(at) => format!("{message} (at {at})"),
         None => message,
     }
 }
 
-/// The first `file:line` of a QuickJS stack trace outside dynbulk's prelude.
-pub fn location(stack: &str) -> Option<String> {
-    for line in stack.lines() {
-        let line = line.trim();
-        let Some(rest) = line.strip_prefix("at ") else {
-            continue;
-        };
-        let place = match (rest.rfind('('), rest.ends_with(')')) {
-            (Some(open), true) => &rest[open + 1..rest.len() - 1],
-            _ => rest,
-        };
-        if place.starts_with('<') {
-            continue;
-        }
-        // file:line:column -> file:line
-        let mut parts = place.rsplitn(3, ':');
-        let (Some(_col), Some(line_no), Some(file)) = (parts.next(), parts.next(), parts.next())
-        else {
-            continue;
-        };
-        if line_no.bytes().all(|b| b.is_ascii_digit()) && !line_no.is_empty() {
-            return Some(format!("{file}:{line_no}"));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_first_frame_in_a_user_file_is_named() {
-        let stack = "    at <anonymous> (<dynbulk>:3:9)\n    at transform (migrations/20250101_a.ts:7:13)\n    at run (<dynbulk>:90:20)\n";
-        assert_eq!(
-            location(stack).as_deref(),
-            Some("migrations/20250101_a.ts:7")
-        );
-        assert_eq!(
-            location("    at migrations/x.js:2:5\n").as_deref(),
-            Some("migrations/x.js:2")
-        );
-        assert_eq!(location(""), None);
-    }
 
     #[test]
     fn paths_are_normalized_lexically() {

@@ -63,7 +63,7 @@ impl<'a, 'js> Call<'a, 'js> {
     ) -> rquickjs::Result<Self> {
         Ok(Call {
             ctx: ctx.clone(),
-            shapes: super::engine::shapes(ctx, internals)?,
+            shapes: Shapes::of(ctx, internals)?,
             run: internals.get("run")?,
             own_value: internals.get("ownValue")?,
             absent: internals.get("absent")?,
@@ -79,7 +79,7 @@ impl<'a, 'js> Call<'a, 'js> {
 
 /// `message`, with the script's file:line from `stack` when there is one.
 fn located(message: String, stack: Option<String>) -> TransformError {
-    match stack.as_deref().and_then(super::engine::location) {
+    match stack.as_deref().and_then(location) {
         Some(at) => TransformError::new(format!("{message} (at {at})")),
         None => TransformError::new(message),
     }
@@ -209,4 +209,50 @@ fn key_change(name: &str, stack: Option<String>) -> TransformError {
         ),
         stack,
     )
+}
+
+/// The first `file:line` of a QuickJS stack trace outside dynbulk's prelude.
+pub fn location(stack: &str) -> Option<String> {
+    for line in stack.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("at ") else {
+            continue;
+        };
+        let place = match (rest.rfind('('), rest.ends_with(')')) {
+            (Some(open), true) => &rest[open + 1..rest.len() - 1],
+            _ => rest,
+        };
+        if place.starts_with('<') {
+            continue;
+        }
+        // file:line:column -> file:line
+        let mut parts = place.rsplitn(3, ':');
+        let (Some(_col), Some(line_no), Some(file)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if line_no.bytes().all(|b| b.is_ascii_digit()) && !line_no.is_empty() {
+            return Some(format!("{file}:{line_no}"));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_frame_in_a_user_file_is_named() {
+        let stack = "    at <anonymous> (<dynbulk>:3:9)\n    at transform (migrations/20250101_a.ts:7:13)\n    at run (<dynbulk>:90:20)\n";
+        assert_eq!(
+            location(stack).as_deref(),
+            Some("migrations/20250101_a.ts:7")
+        );
+        assert_eq!(
+            location("    at migrations/x.js:2:5\n").as_deref(),
+            Some("migrations/x.js:2")
+        );
+        assert_eq!(location(""), None);
+    }
 }

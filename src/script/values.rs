@@ -33,6 +33,24 @@ pub struct Shapes<'js> {
     pub object_proto: Object<'js>,
 }
 
+impl<'js> Shapes<'js> {
+    /// The constructors, from the global object and the prelude's `internals`.
+    ///
+    /// # Errors
+    /// When the prelude lacks a member (a bug).
+    pub fn of(ctx: &Ctx<'js>, internals: &Object<'js>) -> rquickjs::Result<Self> {
+        let globals = ctx.globals();
+        let object: Object = globals.get("Object")?;
+        Ok(Shapes {
+            set: globals.get("Set")?,
+            string: globals.get("String")?,
+            number_value: internals.get("NumberValue")?,
+            set_values: internals.get("setValues")?,
+            object_proto: object.get("prototype")?,
+        })
+    }
+}
+
 /// Why a JS value cannot be stored.
 pub type ValueError = String;
 

@@ -401,7 +401,7 @@ fn busy(h: &Holder, table: &str, migration: &str) -> Error {
 /// One conditional write that makes us the holder, if what it expects is
 /// still there; `None` when it is not.
 ///
-/// One function (about 110 lines) on purpose: the condition it writes and the
+/// One function (about 125 lines) on purpose: the condition it writes and the
 /// holder fields it sets are the lock's protocol (epoch +1, token, heartbeat
 /// counter, boot id and pid namespace) and must be read together.
 async fn claim(
@@ -649,6 +649,11 @@ pub struct Session {
 /// with a renewal of its own as proof; takes the lock of a runner without
 /// `--join` over (the epoch grows) once it has gone a whole lease unrenewed,
 /// and is refused while that runner renews it.
+///
+/// One loop on purpose (about 95 lines): each round reads the lock, and what
+/// it found (free, held in join mode, held by a plain runner, unchanged for
+/// how long) decides that round's write (a claim or a renewal); split, the
+/// reading and the write it must match would part.
 ///
 /// # Errors
 /// [`Error::Locked`] when a live runner holds the run without `--join`.

@@ -3,7 +3,8 @@
 //! state table, a killed process's segments are taken over from their
 //! checkpoints, a paused one cannot move a checkpoint it no longer holds,
 //! the ledger records the run once with every process's counts, and the
-//! run's capacity limit is one budget shared by the processes.
+//! run's capacity limit is one budget shared by the processes, also while
+//! processes join and leave.
 
 mod common;
 mod proxy;
@@ -377,6 +378,82 @@ async fn three_processes_share_one_capacity_limit() {
     let stats = proxy.stats();
     // The three processes together, in any 10-second window: within the
     // run's limit + 5%, and at 90% of it or more while they all run.
+    let busiest = stats.max_window(proxy::Kind::Write, 10.0);
+    println!(
+        "busiest 10 s: {busiest} WCU of {}; whole run: {} WCU in {:.1} s",
+        LIMIT * 10.0,
+        stats.total(proxy::Kind::Write).units,
+        stats.last(proxy::Kind::Write)
+    );
+    assert!(
+        busiest <= LIMIT * 10.0 * 1.05,
+        "{busiest} WCU in 10 s against a limit of {LIMIT}/s"
+    );
+    assert!(
+        busiest >= LIMIT * 10.0 * 0.9,
+        "{busiest} WCU in the busiest 10 s against a limit of {LIMIT}/s"
+    );
+}
+
+/// Waits until the proxy has served `units` WCU of writes to the data table,
+/// failing if a process ends first.
+async fn wait_for_writes(proxy: &Proxy, units: f64, children: &mut [&mut Child]) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while proxy.stats().total(proxy::Kind::Write).units < units {
+        for child in children.iter_mut() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let (_, out, err) = output_of(child);
+                panic!("a process ended ({status}) before {units} WCU were written\n{out}\n{err}");
+            }
+        }
+        assert!(Instant::now() < deadline, "{units} WCU never written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_capacity_limit_holds_while_processes_join_and_leave() {
+    const MANY: u64 = 6_000;
+    const LIMIT: f64 = 150.0;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (table, items) = small_items_table("orders-churn", MANY, 45).await;
+    let state = TestTable::named("state");
+    let proxy = Proxy::start(&endpoint(), Config::new(&table.name)).await;
+    let mut args = join_args(&proxy.url, &table.name, &state.name);
+    let wcu = args.iter().position(|a| a == "--wcu-limit").unwrap() + 1;
+    args[wcu] = format!("{LIMIT}");
+    // Enough segments that a late joiner still finds free ones.
+    let segments = args.iter().position(|a| a == "--segments").unwrap() + 1;
+    args[segments] = "24".into();
+    // One process starts alone; a second and a third join while it runs;
+    // the second leaves with Ctrl-C (its leases and membership released),
+    // the third is killed (its share and segments held until its lease
+    // expires); the first finishes the run.
+    let total = MANY as f64;
+    let mut a = spawn(&args);
+    wait_for_writes(&proxy, total * 0.15, &mut [&mut a]).await;
+    let mut b = spawn(&args);
+    wait_for_writes(&proxy, total * 0.30, &mut [&mut a, &mut b]).await;
+    let mut c = spawn(&args);
+    wait_for_writes(&proxy, total * 0.45, &mut [&mut a, &mut b, &mut c]).await;
+    // SAFETY: signalling our own child.
+    assert_eq!(
+        unsafe { libc::kill(b.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    let (code, out, err) = output(b);
+    assert_eq!(code, Some(130), "{out}\n{err}");
+    wait_for_writes(&proxy, total * 0.60, &mut [&mut a, &mut c]).await;
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let (code, out, err) = output(a);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert_migrated(&table.name, &items).await;
+    let entry = ledger_entry(&state.name, &table.name).await;
+    assert_eq!(entry.status, Status::Applied, "{entry:?}");
+    assert_eq!(entry.runs, 1, "one run: {entry:?}");
+    assert_eq!(entry.counts.scanned, MANY, "{entry:?}");
+    let stats = proxy.stats();
     let busiest = stats.max_window(proxy::Kind::Write, 10.0);
     println!(
         "busiest 10 s: {busiest} WCU of {}; whole run: {} WCU in {:.1} s",

@@ -186,6 +186,122 @@ pub fn value_json(v: &AttributeValue) -> Value {
     }
 }
 
+/// Parses an item in DynamoDB JSON, as [`to_json`] renders it.
+///
+/// # Errors
+/// A sentence naming what is not DynamoDB JSON.
+pub fn from_json(value: &Value) -> std::result::Result<Attrs, String> {
+    let Value::Object(m) = value else {
+        return Err(format!("expected an object of attributes, found {value}"));
+    };
+    m.iter()
+        .map(|(k, v)| {
+            Ok((
+                k.clone(),
+                value_from_json(v).map_err(|e| format!("attribute {k:?}: {e}"))?,
+            ))
+        })
+        .collect()
+}
+
+/// Parses one attribute value in DynamoDB JSON (`{"S": "a"}`), as
+/// [`value_json`] renders it.
+///
+/// # Errors
+/// A sentence naming what is not DynamoDB JSON.
+pub fn value_from_json(v: &Value) -> std::result::Result<AttributeValue, String> {
+    use aws_smithy_types::base64::decode;
+    use aws_smithy_types::Blob;
+    let bad = || format!("{v} is not a DynamoDB JSON value like {{\"S\": \"text\"}}");
+    let Some((tag, inner)) = v
+        .as_object()
+        .filter(|m| m.len() == 1)
+        .and_then(|m| m.iter().next())
+    else {
+        return Err(bad());
+    };
+    let string = |x: &Value| x.as_str().map(str::to_owned).ok_or_else(bad);
+    let strings = |x: &Value| -> std::result::Result<Vec<String>, String> {
+        x.as_array().ok_or_else(bad)?.iter().map(string).collect()
+    };
+    let blob = |x: &Value| -> std::result::Result<Blob, String> {
+        decode(string(x)?)
+            .map(Blob::new)
+            .map_err(|e| format!("bad base64 in {v}: {e}"))
+    };
+    Ok(match tag.as_str() {
+        "S" => AttributeValue::S(string(inner)?),
+        "N" => AttributeValue::N(string(inner)?),
+        "BOOL" => AttributeValue::Bool(inner.as_bool().ok_or_else(bad)?),
+        "NULL" => AttributeValue::Null(true),
+        "B" => AttributeValue::B(blob(inner)?),
+        "SS" => AttributeValue::Ss(strings(inner)?),
+        "NS" => AttributeValue::Ns(strings(inner)?),
+        "BS" => AttributeValue::Bs(
+            inner
+                .as_array()
+                .ok_or_else(bad)?
+                .iter()
+                .map(blob)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        "L" => AttributeValue::L(
+            inner
+                .as_array()
+                .ok_or_else(bad)?
+                .iter()
+                .map(value_from_json)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        "M" => AttributeValue::M(from_json(inner)?),
+        _ => return Err(bad()),
+    })
+}
+
+/// One line of a dead-letter file, read back for `dynbulk replay`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Line number in the file (1-based).
+    pub line: u64,
+    /// The table the item belongs to.
+    pub table: String,
+    /// The migration that failed on it.
+    pub migration: String,
+    /// The item's key.
+    pub key: Attrs,
+    /// Why it failed.
+    pub error: String,
+}
+
+/// Parses one line of a dead-letter file (`line` is its 1-based number).
+///
+/// # Errors
+/// A sentence naming what is wrong with the line.
+pub fn parse_record(line: u64, text: &str) -> std::result::Result<Record, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let field = |name: &str| {
+        v.get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no {name:?} string"))
+    };
+    let key = from_json(v.get("key").ok_or("no \"key\" object")?)?;
+    if key.is_empty() {
+        return Err("an empty \"key\"".into());
+    }
+    Ok(Record {
+        line,
+        table: field("table")?,
+        migration: field("migration")?,
+        key,
+        error: v
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +360,68 @@ mod tests {
             let mode = std::fs::metadata(dl.path()).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         }
+    }
+
+    #[test]
+    fn every_value_type_round_trips_through_dynamodb_json() {
+        use aws_smithy_types::Blob;
+        let m: Attrs = HashMap::from([
+            ("s".into(), AttributeValue::S(String::new())),
+            (
+                "n".into(),
+                AttributeValue::N("123456789012345678901234567890.5".into()),
+            ),
+            ("b".into(), AttributeValue::B(Blob::new(vec![0, 255, 7]))),
+            ("t".into(), AttributeValue::Bool(false)),
+            ("z".into(), AttributeValue::Null(true)),
+            (
+                "ss".into(),
+                AttributeValue::Ss(vec!["a".into(), "b".into()]),
+            ),
+            (
+                "ns".into(),
+                AttributeValue::Ns(vec!["1".into(), "-2.5".into()]),
+            ),
+            (
+                "bs".into(),
+                AttributeValue::Bs(vec![Blob::new(vec![1]), Blob::new(vec![])]),
+            ),
+        ]);
+        let item: Attrs = HashMap::from([
+            ("m".into(), AttributeValue::M(m.clone())),
+            (
+                "l".into(),
+                AttributeValue::L(vec![AttributeValue::M(m), AttributeValue::S("x".into())]),
+            ),
+        ]);
+        assert_eq!(from_json(&to_json(&item)), Ok(item));
+        assert!(from_json(&json!({"a": {"Q": 1}}))
+            .unwrap_err()
+            .contains("\"a\""));
+        assert!(value_from_json(&json!({"B": "%%"})).is_err());
+    }
+
+    #[test]
+    fn a_record_line_parses_back_with_its_line_number() {
+        let line =
+            r#"{"table":"t","migration":"m","key":{"pk":{"S":"a"}},"error":"boom","at":"x"}"#;
+        let r = parse_record(7, line).unwrap();
+        assert_eq!(
+            (
+                r.line,
+                r.table.as_str(),
+                r.migration.as_str(),
+                r.error.as_str()
+            ),
+            (7, "t", "m", "boom")
+        );
+        assert_eq!(r.key["pk"], AttributeValue::S("a".into()));
+        assert!(parse_record(1, "{").unwrap_err().starts_with("not JSON"));
+        assert!(parse_record(1, r#"{"table":"t","migration":"m"}"#)
+            .unwrap_err()
+            .contains("key"));
+        assert!(parse_record(1, r#"{"table":"t","migration":"m","key":{}}"#)
+            .unwrap_err()
+            .contains("empty"));
     }
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{progress, signal};
 use super::{scaffold, status};
-use super::{Cli, Command, InitArgs, LogFormat, NewArgs, RunArgs, StatusArgs};
+use super::{Cli, Command, InitArgs, LogFormat, NewArgs, ReplayArgs, RunArgs, StatusArgs};
 use crate::dynamo::client;
 use crate::migration::Migration;
 use crate::report::Outcome;
@@ -91,6 +91,7 @@ async fn dispatch(command: Command, migrations: &[Arc<dyn Migration>]) -> anyhow
         }
         Command::New(args) => new_command(args),
         Command::Init(args) => init_command(args),
+        Command::Replay(args) => replay_command(args, migrations).await,
     }
 }
 
@@ -328,6 +329,58 @@ fn confirm_restart(args: &RunArgs, what: &str) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("not restarted; nothing was changed")
+    }
+}
+
+/// `replay`: every dead-letter file given, reported per file and migration.
+async fn replay_command(args: ReplayArgs, migrations: &[Arc<dyn Migration>]) -> anyhow::Result<u8> {
+    let plan = args.plan();
+    let client = client::build(&args.connection.connection())
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let shutdown = CancellationToken::new();
+    signal::stop_on_signals(shutdown.clone(), EXIT_INTERRUPTED);
+    if plan.dry_run {
+        println!("DRY RUN: no write of any kind will be sent");
+    }
+    let result = run::replay(
+        &client,
+        &args.files,
+        migrations,
+        &plan,
+        args.workers.into(),
+        shutdown.clone(),
+    )
+    .await;
+    let (reports, error) = match result {
+        Ok(reports) => (reports, None),
+        Err(failure) => (failure.reports, Some(failure.error)),
+    };
+    for report in &reports {
+        print!("{report}");
+    }
+    match error {
+        Some(crate::Error::LockLost(why)) => {
+            eprintln!("error: replay stopped: lost the lock: {why}");
+            Ok(EXIT_LOCK_LOST)
+        }
+        Some(e) => {
+            Err(anyhow::Error::new(e)
+                .context("replay failed; run the same command again to resume"))
+        }
+        None if shutdown.is_cancelled()
+            || reports.iter().any(|r| r.outcome == Outcome::Stopped) =>
+        {
+            println!("interrupted with the position in each file saved; run the same command again to resume");
+            Ok(EXIT_INTERRUPTED)
+        }
+        None if reports
+            .iter()
+            .any(|r| r.outcome == Outcome::DoneWithFailures) =>
+        {
+            Ok(EXIT_ITEM_FAILURES)
+        }
+        None => Ok(0),
     }
 }
 

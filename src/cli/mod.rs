@@ -75,7 +75,7 @@ pub fn run_cli(migrator: impl Migrator) -> ExitCode {
     let mut migrations = migrator.migrations();
     if matches!(
         cli.command,
-        Command::Run(_) | Command::Status(_) | Command::List
+        Command::Run(_) | Command::Status(_) | Command::List | Command::Replay(_)
     ) {
         match crate::script::migrations(&cli.script_folder(), cli.script_limits()) {
             Ok(scripts) => migrations.extend(scripts),
@@ -239,6 +239,14 @@ pub enum Command {
     /// --rust a migrations crate (Cargo.toml, a main calling dynbulk's command
     /// line, the migrations list and an example).
     Init(InitArgs),
+    /// Apply the migration again to the items of dead-letter files, once what
+    /// made them fail is fixed: each key is re-read (consistent read) and
+    /// written under the same guard and capacity limits as a run; an item
+    /// that no longer exists is reported, not recreated; items that fail
+    /// again go to a new dead-letter file. Resumable (the position in each
+    /// file is saved in the state table); the ledger's failed count for the
+    /// migration goes down by the items recovered. Exit codes as for run.
+    Replay(ReplayArgs),
 }
 
 /// Where and as whom to connect (as in the AWS CLI; the standard AWS_* environment works too).
@@ -416,9 +424,9 @@ pub struct ErrorArgs {
     pub dead_letter: Option<PathBuf>,
 }
 
-impl RunArgs {
+impl CapacityArgs {
     fn limits(&self) -> Limits {
-        let c = &self.capacity;
+        let c = self;
         let one = |v: Option<u32>| match (v, c.unlimited) {
             (_, true) => Limit::Unlimited,
             (Some(u), false) => Limit::Units(f64::from(u)),
@@ -429,15 +437,24 @@ impl RunArgs {
             write: one(c.wcu_limit),
         }
     }
+}
 
-    /// Validates the arguments into a plan.
-    pub fn plan(&self) -> Plan {
-        let dead_letter = self.errors.dead_letter.clone().unwrap_or_else(|| {
+impl ErrorArgs {
+    /// The dead-letter file: the one given, else a new one named after the time.
+    fn dead_letter(&self) -> PathBuf {
+        self.dead_letter.clone().unwrap_or_else(|| {
             PathBuf::from(format!(
                 "dynbulk-dead-letter-{}.jsonl",
                 chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
             ))
-        });
+        })
+    }
+}
+
+impl RunArgs {
+    /// Validates the arguments into a plan.
+    pub fn plan(&self) -> Plan {
+        let dead_letter = self.errors.dead_letter();
         Plan {
             segments: self.throughput.segments,
             workers: self.throughput.workers.into(),
@@ -451,7 +468,7 @@ impl RunArgs {
             state_table: self.state.state_table.clone(),
             backoff: Default::default(),
             retry_budget: self.errors.retry_budget,
-            limits: self.limits(),
+            limits: self.capacity.limits(),
             restart: self.restart,
             version_attribute: self.version_attribute.clone(),
             lease: self.lease,
@@ -482,6 +499,62 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         return Err(format!("{text:?} is out of range: 1ms to 24h"));
     }
     Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// `dynbulk replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Dead-letter files written by `dynbulk run` (JSON lines: table,
+    /// migration, key, error); each record is replayed with the migration it names.
+    #[arg(required = true, value_name = "DEAD_LETTER_FILE")]
+    pub files: Vec<PathBuf>,
+    /// Connection.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+    /// State.
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Re-read and transform, print what would change, and send no write of any kind.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keys replayed at once, 1 to 1024.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), help_heading = "Throughput")]
+    pub workers: u16,
+    /// Capacity.
+    #[command(flatten)]
+    pub capacity: CapacityArgs,
+    /// Errors.
+    #[command(flatten)]
+    pub errors: ErrorArgs,
+    /// The migration's lock lease (as for run).
+    #[arg(long, hide = true, env = "DYNBULK_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub lease: std::time::Duration,
+}
+
+impl ReplayArgs {
+    /// The plan a replay's writes follow: limits, retry budget, dead-letter
+    /// file, state table, dry run (scan settings do not apply).
+    pub fn plan(&self) -> Plan {
+        Plan {
+            segments: Some(1),
+            workers: self.workers.into(),
+            item_concurrency: 1,
+            page_size: None,
+            inflight_bytes: crate::pipeline::inflight::BUDGET_BYTES,
+            dry_run: self.dry_run,
+            rerun: false,
+            max_errors: Some(self.errors.max_errors),
+            dead_letter: self.errors.dead_letter(),
+            state_table: self.state.state_table.clone(),
+            backoff: Default::default(),
+            retry_budget: self.errors.retry_budget,
+            limits: self.capacity.limits(),
+            restart: false,
+            version_attribute: None,
+            lease: self.lease,
+            join: false,
+        }
+    }
 }
 
 /// `dynbulk status`.

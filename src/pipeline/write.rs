@@ -94,6 +94,20 @@ impl Writer {
         self.finish(item, change).await
     }
 
+    /// Re-reads the item with `key` (consistent, with the scan's projection
+    /// and filter) and processes it to its end state: `dynbulk replay`'s
+    /// path for a dead-lettered key. `None` when the item no longer exists
+    /// or no longer matches the scan filter (nothing is recreated).
+    ///
+    /// # Errors
+    /// As [`Writer::apply`], and a re-read that keeps failing.
+    pub async fn apply_key(&self, key: &Attrs) -> Result<Option<ItemOutcome>, Error> {
+        let Some(item) = Box::pin(self.reread(key, 1024, "to replay it")).await? else {
+            return Ok(None);
+        };
+        Box::pin(self.apply(item)).await.map(Some)
+    }
+
     /// What a page transform needs to know about this run.
     pub fn facts(&self) -> RunFacts {
         RunFacts {
@@ -221,7 +235,12 @@ impl Writer {
                 Err(e) => match e.class_for(Call::ItemWrite) {
                     Class::ConditionFailed => {
                         Stats::inc(&self.stats.conflicts);
-                        let fresh = Box::pin(self.reread(&key, item_size(&attrs_now))).await?;
+                        let fresh = Box::pin(self.reread(
+                            &key,
+                            item_size(&attrs_now),
+                            "after a write conflict",
+                        ))
+                        .await?;
                         last_key = key;
                         match fresh {
                             Some(fresh) => next = Box::pin(self.transform(fresh)).await,
@@ -397,10 +416,15 @@ impl Writer {
     /// Reads the item's current version, strongly consistent. With a scan
     /// filter, an item that no longer matches it comes back as `None`, like
     /// a deleted one: it is no longer the migration's to change.
-    async fn reread(&self, key: &Attrs, size_hint: usize) -> Result<Option<Attrs>, Error> {
+    async fn reread(
+        &self,
+        key: &Attrs,
+        size_hint: usize,
+        why: &str,
+    ) -> Result<Option<Attrs>, Error> {
         let what = || {
             format!(
-                "re-reading item {} of table {} after a write conflict",
+                "re-reading item {} of table {} {why}",
                 crate::state::deadletter::to_json(key),
                 self.table
             )

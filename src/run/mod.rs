@@ -13,6 +13,8 @@
 //! - `data`: the data step: checkpointer, progress snapshots, the pipeline, the report.
 //! - `pipeline`: the scan and worker tasks and how the first error stops them.
 //! - `outcome`: how the run ended: outcome, ledger status, run-state metric.
+//! - [`replay`](replay()): `dynbulk replay`, the migration applied again to the keys of
+//!   dead-letter files, with the run's writer, resumable, recorded in the ledger.
 
 use std::sync::Arc;
 
@@ -32,10 +34,12 @@ mod outcome;
 mod pipeline;
 pub mod plan;
 mod prepare;
+mod replay;
 mod resume;
 
 pub use plan::{Limit, Limits, Plan, Prepared, DEFAULT_PROVISIONED_SHARE, DEFAULT_RETRY_BUDGET};
 pub use prepare::prepare;
+pub use replay::{replay, ReplayFailure, ReplayReport};
 
 /// Scans running at once at most: beyond this, more segments only mean smaller
 /// slices, not more parallelism (TotalSegments may be up to 1,000,000).

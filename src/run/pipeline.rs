@@ -119,25 +119,15 @@ fn pool(
     guard: Guard,
     backoff: Backoff,
 ) -> Pool {
-    let info = &prepared.table;
-    let projection = options
-        .projection
-        .as_ref()
-        .map(|attrs| scan::projection_expr(&info.keys, attrs));
-    let writer = Arc::new(Writer {
-        client: client.clone(),
-        table: info.name.clone(),
-        keys: info.keys.clone(),
-        migration: prepared.migration.clone(),
-        dry_run: prepared.plan.dry_run,
-        backoff,
-        stats: pipes.stats.clone(),
-        projection,
-        budgets: pipes.budgets.clone(),
+    let writer = Arc::new(writer(
+        client,
+        prepared,
+        options,
         guard,
-        index_keys: info.index_keys.clone(),
-        fence: pipes.fence.clone(),
-    });
+        backoff,
+        (pipes.stats.clone(), pipes.budgets.clone()),
+        pipes.fence.clone(),
+    ));
     Pool {
         writer,
         dead_letter: pipes.dead_letter.clone(),
@@ -147,6 +137,64 @@ fn pool(
         failed_before: pipes.failed_before,
         acks: pipes.acks.clone(),
     }
+}
+
+/// The writer of a prepared migration: its scan's projection for re-reads,
+/// `guard` on every write, the run's counters and budgets.
+fn writer(
+    client: &Client,
+    prepared: &Prepared,
+    options: &ScanOptions,
+    guard: Guard,
+    backoff: Backoff,
+    (stats, budgets): (Arc<Stats>, Arc<Budgets>),
+    fence: Option<Fence>,
+) -> Writer {
+    let info = &prepared.table;
+    let projection = options
+        .projection
+        .as_ref()
+        .map(|attrs| scan::projection_expr(&info.keys, attrs));
+    Writer {
+        client: client.clone(),
+        table: info.name.clone(),
+        keys: info.keys.clone(),
+        migration: prepared.migration.clone(),
+        dry_run: prepared.plan.dry_run,
+        backoff,
+        stats,
+        projection,
+        budgets,
+        guard,
+        index_keys: info.index_keys.clone(),
+        fence,
+    }
+}
+
+/// The writer a run of `prepared` would use (same guard, projection,
+/// retry budget), for writes outside a scan: `dynbulk replay`.
+pub(super) fn writer_for(
+    client: &Client,
+    prepared: &Prepared,
+    stats: Arc<Stats>,
+    budgets: Arc<Budgets>,
+    fence: Option<Fence>,
+) -> Writer {
+    let plan = &prepared.plan;
+    let (options, guard) = scan_and_guard(prepared.migration.as_ref(), plan);
+    let backoff = Backoff {
+        budget: Some(plan.retry_budget),
+        ..plan.backoff
+    };
+    writer(
+        client,
+        prepared,
+        &options,
+        guard,
+        backoff,
+        (stats, budgets),
+        fence,
+    )
 }
 
 /// Scans every segment not yet done from where it stands, at most

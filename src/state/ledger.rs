@@ -20,6 +20,7 @@ use crate::dynamo::table;
 use crate::dynamo::value::Attrs;
 use crate::error::{Error, Result};
 use crate::state::fence::{self, Fence};
+use crate::state::replay::Position;
 use crate::state::store::{check_layout, now, query_state, Counts, SCHEMA_VERSION};
 
 /// A migration's status on one table.
@@ -109,6 +110,19 @@ pub struct Finished<'a> {
     /// The run's id, for a run shared with `--join` (recorded once: see
     /// [`Ledger::finish_shared`]).
     pub run_id: Option<&'a str>,
+}
+
+/// What [`Ledger::recover`] did to an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Failed items the entry counted before.
+    pub before: u64,
+    /// Failed items it counts now.
+    pub after: u64,
+    /// The migration's status now.
+    pub status: Status,
+    /// The replay had already been recorded (a resumed replay): nothing changed.
+    pub already: bool,
 }
 
 /// The ledger in a state table.
@@ -324,6 +338,119 @@ impl Ledger {
         }
         fence.lose();
         Err(fence.lost_error(&what))
+    }
+
+    /// Takes what a replay of dead letters recovered into the entry of
+    /// `migration` on `table`: its failed count goes down by the items
+    /// recovered and by those that no longer exist (nothing is left to
+    /// migrate for them), not below zero; the updates, deletes and unchanged
+    /// items are added, and a `failed` migration with nothing left failing
+    /// becomes `applied`. Once per replay: the entry remembers the replay's
+    /// id, so a replay resumed after a crash that had already recorded
+    /// itself changes nothing. `None` when there is no entry.
+    ///
+    /// # Errors
+    /// When the state table cannot be read or written, or the lock was lost.
+    pub async fn recover(
+        &self,
+        table: &str,
+        migration: &str,
+        replay: &Position,
+        fence: &Fence,
+    ) -> Result<Option<Recovered>> {
+        let what = format!(
+            "recording a replay in the ledger in state table {}",
+            self.table
+        );
+        // Under the lock nothing else writes the entry; a refused condition
+        // is this replay's own earlier write, seen again on the next read.
+        for _ in 0..3 {
+            let Some(item) = self.raw(table, migration).await? else {
+                return Ok(None);
+            };
+            let entry = self.decode(&item)?;
+            let before = entry.counts.failed;
+            let done = item
+                .get("replays")
+                .and_then(|v| v.as_ss().ok())
+                .is_some_and(|ids| ids.contains(&replay.id));
+            if done {
+                return Ok(Some(Recovered {
+                    before,
+                    after: before,
+                    status: entry.status,
+                    already: true,
+                }));
+            }
+            let after = before.saturating_sub(replay.recovered() + replay.gone);
+            let status = match entry.status {
+                Status::Failed if after == 0 => Status::Applied,
+                other => other,
+            };
+            let send = || {
+                let req = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .key("pk", s(&partition(table)))
+                    .key("sk", s(migration))
+                    .update_expression(
+                        "SET #failed = :after, #status = :status, #fence = :fence \
+                         ADD #updated :u, #deleted :d, #unchanged :c, #replays :ids",
+                    )
+                    .condition_expression(format!(
+                        "#failed = :before AND (attribute_not_exists(#replays) OR NOT contains(#replays, :id)) AND ({})",
+                        fence::UPDATE_CONDITION
+                    ))
+                    .expression_attribute_names("#failed", "failed")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_names("#fence", fence::ATTRIBUTE)
+                    .expression_attribute_names("#updated", "updated")
+                    .expression_attribute_names("#deleted", "deleted")
+                    .expression_attribute_names("#unchanged", "unchanged")
+                    .expression_attribute_names("#replays", "replays")
+                    .expression_attribute_values(":after", n(after))
+                    .expression_attribute_values(":before", n(before))
+                    .expression_attribute_values(":status", s(status.as_str()))
+                    .expression_attribute_values(":fence", n(fence.epoch()))
+                    .expression_attribute_values(":u", n(replay.updated))
+                    .expression_attribute_values(":d", n(replay.deleted))
+                    .expression_attribute_values(":c", n(replay.unchanged))
+                    .expression_attribute_values(":ids", AttributeValue::Ss(vec![replay.id.clone()]))
+                    .expression_attribute_values(":id", s(&replay.id));
+                async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+            };
+            if fence::attempt(fence, &what, send).await?.is_some() {
+                return Ok(Some(Recovered {
+                    before,
+                    after,
+                    status,
+                    already: false,
+                }));
+            }
+        }
+        // Refused three times: another writer (a newer runner's epoch).
+        fence.lose();
+        Err(fence.lost_error(&what))
+    }
+
+    /// The entry as stored, strongly consistent.
+    async fn raw(&self, table: &str, migration: &str) -> Result<Option<Attrs>> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(&partition(table)))
+            .key("sk", s(migration))
+            .consistent_read(true)
+            .send()
+            .await
+            .map(|o| o.item)
+            .map_err(|e| {
+                Error::aws(
+                    format!("reading the ledger in state table {}", self.table),
+                    AwsError::from_sdk(e),
+                )
+            })
     }
 
     fn finished_item(&self, run: &Finished<'_>) -> Attrs {

@@ -8,7 +8,8 @@
 //! - [`lock`]: one runner per migration and table (lease, heartbeat, takeover).
 //! - `fence`: a held lock's epoch and lease deadline, which every state write proves.
 //! - [`lease`]: a run shared with `run --join`: membership and segment leases.
-//! - [`deadletter`]: the JSON-lines file of failed items.
+//! - [`deadletter`]: the JSON-lines file of failed items (written by runs, read by `replay`).
+//! - [`replay`]: where `dynbulk replay` stands in each dead-letter file.
 
 pub mod checkpoint;
 pub mod deadletter;
@@ -16,4 +17,5 @@ pub(crate) mod fence;
 pub mod lease;
 pub mod ledger;
 pub mod lock;
+pub mod replay;
 pub mod store;

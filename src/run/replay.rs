@@ -146,10 +146,7 @@ pub async fn replay(
 /// Reads a dead-letter file into its migrations' groups. A last line cut
 /// short (no newline: the writer died mid-line) is skipped with a warning;
 /// any other bad line is an error naming it.
-fn read(
-    file: &Path,
-    migrations: &[Arc<dyn Migration>],
-) -> Result<(PathBuf, Groups), Error> {
+fn read(file: &Path, migrations: &[Arc<dyn Migration>]) -> Result<(PathBuf, Groups), Error> {
     let path = std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Error::io(format!("reading dead-letter file {}", path.display()), e))?;

@@ -1,9 +1,11 @@
-//! What dynbulk needs to know about the target table, from DescribeTable.
+//! What dynbulk needs to know about the target table, from DescribeTable,
+//! and whether it has point-in-time recovery (DescribeContinuousBackups).
 
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, PointInTimeRecoveryStatus,
+    ScalarAttributeType, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -180,6 +182,103 @@ fn index_keys(desc: &aws_sdk_dynamodb::types::TableDescription) -> Vec<IndexKey>
     index_keys
 }
 
+/// Whether a table has point-in-time recovery: the undo of last resort for a
+/// migration gone wrong (a restore to any second of the last 35 days).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pitr {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+    /// Could not be found out; the reason says why (an endpoint that does not
+    /// implement DescribeContinuousBackups, such as dynalite; access denied).
+    Unknown(String),
+}
+
+impl std::fmt::Display for Pitr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pitr::On => write!(f, "on"),
+            Pitr::Off => write!(f, "off"),
+            Pitr::Unknown(why) => write!(f, "unknown ({why})"),
+        }
+    }
+}
+
+/// Asks DynamoDB whether `table` has point-in-time recovery. Never an error:
+/// a status that cannot be read is [`Pitr::Unknown`], with the reason (the
+/// check informs the operator; only `--require-pitr` makes it decide).
+pub async fn pitr_status(client: &Client, table: &str) -> Pitr {
+    let out = retry(
+        &Backoff {
+            max_attempts: 3,
+            ..Backoff::default()
+        },
+        &mut Attempts::default(),
+        || async {
+            client
+                .describe_continuous_backups()
+                .table_name(table)
+                .send()
+                .await
+                .map_err(AwsError::from_sdk)
+        },
+    )
+    .await;
+    match out {
+        Ok(out) => {
+            let status = out
+                .continuous_backups_description()
+                .and_then(|d| d.point_in_time_recovery_description())
+                .and_then(|p| p.point_in_time_recovery_status());
+            match status {
+                Some(PointInTimeRecoveryStatus::Enabled) => Pitr::On,
+                Some(PointInTimeRecoveryStatus::Disabled) => Pitr::Off,
+                other => Pitr::Unknown(format!(
+                    "DescribeContinuousBackups reported {}",
+                    other.map_or("no status", |s| s.as_str())
+                )),
+            }
+        }
+        Err(e) => {
+            tracing::debug!(table, error = %e, "point-in-time recovery status not readable");
+            Pitr::Unknown(match (e.code.as_deref(), e.cause()) {
+                // dynalite's answer, and that of any endpoint without the call.
+                (Some("UnknownOperationException"), _) => {
+                    "the endpoint does not implement DescribeContinuousBackups".to_owned()
+                }
+                (_, Cause::AccessDenied) => {
+                    "access denied: allow dynamodb:DescribeContinuousBackups".to_owned()
+                }
+                _ => format!("DescribeContinuousBackups failed: {e}"),
+            })
+        }
+    }
+}
+
+/// The `--require-pitr` check before a command mutates `table`: `Ok` only
+/// when point-in-time recovery is known to be on.
+///
+/// # Errors
+/// [`Error::Usage`] naming the table, its status, how to turn recovery on
+/// and the flag, when it is off or unknown.
+pub fn require_pitr(table: &str, status: &Pitr) -> Result<()> {
+    let what = match status {
+        Pitr::On => return Ok(()),
+        Pitr::Off => "is off, and --require-pitr refuses to write to a table without it".to_owned(),
+        Pitr::Unknown(why) => format!(
+            "cannot be confirmed ({why}), and --require-pitr refuses to write to a table \
+             unless it is known to be on"
+        ),
+    };
+    Err(Error::Usage(format!(
+        "table {table} was not changed: its point-in-time recovery {what}. \
+         Turn it on with `aws dynamodb update-continuous-backups --table-name {table} \
+         --point-in-time-recovery-specification PointInTimeRecoveryEnabled=true` \
+         (with the same --region/--profile), or run without --require-pitr"
+    )))
+}
+
 /// Creates an on-demand table whose key attributes are strings: `keys[0]` the
 /// partition key, `keys[1]` (if any) the sort key. Returns once DynamoDB has
 /// accepted it; [`wait_active`] waits until it can be used.
@@ -273,5 +372,35 @@ fn describe_error(client: &Client, table: &str, e: AwsError) -> Error {
             "cannot reach DynamoDB ({where_}) to describe table {table}: {e}; check --endpoint-url, --region and the network"
         )),
         _ => Error::aws(format!("describing table {table} ({where_})"), e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_pitr_passes_only_when_recovery_is_known_to_be_on() {
+        assert!(require_pitr("orders", &Pitr::On).is_ok());
+        for status in [Pitr::Off, Pitr::Unknown("no such call".into())] {
+            let e = require_pitr("orders", &status).unwrap_err();
+            assert!(matches!(e, Error::Usage(_)));
+            let text = e.to_string();
+            for needle in [
+                "table orders was not changed",
+                "aws dynamodb update-continuous-backups --table-name orders",
+                "PointInTimeRecoveryEnabled=true",
+                "--require-pitr",
+            ] {
+                assert!(text.contains(needle), "{needle:?} in {text}");
+            }
+        }
+        let unknown = require_pitr("orders", &Pitr::Unknown("no such call".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            unknown.contains("cannot be confirmed (no such call)"),
+            "{unknown}"
+        );
     }
 }

@@ -24,7 +24,7 @@
 //! - [`migrator`]: the `Migrator` trait (a program's list of migrations) and its start-up check.
 //! - [`cli`]: `run_cli`, the command line as a library call: clap argument groups,
 //!   their validation into a [`run::Plan`], dispatch of each command, the progress
-//!   display, `status`, and the scaffolds of `init --rust` and `new`.
+//!   display, `status`, `verify`, and the scaffolds of `init --rust` and `new`.
 //! - [`run`]: one migration's run (orchestration): the `Plan` and the prepared plan,
 //!   resume or start, one attempt's steps (ledger, lock, schema step, data step,
 //!   record of the end), a process's part in a run shared with `--join`, the

@@ -279,9 +279,35 @@ async fn the_example_crate_and_the_stock_binary_migrate_alike() {
     // The stock binary runs migrations/20241220_add_status_category_fields.ts
     // from the checkout's root; the example crate's binary its Rust twin, from
     // its own folder (which has no script migrations folder).
-    let mut example_cmd = program(&example);
-    example_cmd.current_dir(&dir);
-    for (mut cmd, table) in [(dynbulk(), stock_table), (example_cmd, example_table)] {
+    let example_cmd = || {
+        let mut cmd = program(&example);
+        cmd.current_dir(&dir);
+        cmd
+    };
+    // `verify` before the run: both binaries count the same items left to
+    // change (the Rust migration and the script alike), write nothing, exit 4.
+    let need = items
+        .iter()
+        .filter(|i| expected_after_example(i) != **i)
+        .count() as u64;
+    for (mut cmd, table) in [(dynbulk(), stock_table), (example_cmd(), example_table)] {
+        let out = verify(&mut cmd, &table.name, &state.name);
+        assert_eq!(out.status.code(), Some(4), "verify before the run");
+        assert_eq!(count(&text(&out).0, "would update"), need);
+    }
+    let generated: BTreeMap<String, _> = items.iter().map(|i| (key_string(i), i.clone())).collect();
+    for table in [stock_table, example_table] {
+        assert_eq!(
+            read_all(&client, &table.name).await,
+            generated,
+            "verify wrote"
+        );
+    }
+    assert!(
+        !table_exists(&client, &state.name).await,
+        "verify created the state table"
+    );
+    for (mut cmd, table) in [(dynbulk(), stock_table), (example_cmd(), example_table)] {
         let out = cmd
             .args(["run", "--migration", REFERENCE, "--table", &table.name])
             .args([
@@ -318,4 +344,22 @@ async fn the_example_crate_and_the_stock_binary_migrate_alike() {
         ));
     }
     assert_eq!(counts[0], counts[1]);
+    // `verify` after it: nothing left, whichever binary asks.
+    for (mut cmd, table) in [(dynbulk(), stock_table), (example_cmd(), example_table)] {
+        let out = verify(&mut cmd, &table.name, &state.name);
+        assert_success("verify after the run", &out);
+        assert_eq!(count(&text(&out).0, "would update"), 0);
+    }
+}
+
+/// `verify` of the reference migration on `table`.
+fn verify(cmd: &mut Command, table: &str, state: &str) -> Output {
+    let out = cmd
+        .args(["verify", "--migration", REFERENCE, "--table", table])
+        .args(["--state-table", state, "--unlimited", "--progress", "off"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    eprintln!("verify on {table} -> {:?}\n{stdout}\n{stderr}", out.status);
+    out
 }

@@ -1,6 +1,7 @@
 //! One parsed command line, carried out: install logging, call the engine,
 //! print results, map them to an exit code (0 done, 1 item failures, 2 fatal
-//! or bad usage, 3 lost the lock, 130 interrupted). What the stock binary's
+//! or bad usage, 3 lost the lock, 4 `verify` found items left to change,
+//! 130 interrupted). What the stock binary's
 //! `main` did before the command line became [`super::run_cli`].
 
 use std::path::{Path, PathBuf};
@@ -11,8 +12,9 @@ use anyhow::{anyhow, Context};
 use tokio_util::sync::CancellationToken;
 
 use super::{progress, signal};
-use super::{scaffold, status};
-use super::{Cli, Command, InitArgs, LogFormat, NewArgs, ReplayArgs, RunArgs, StatusArgs};
+use super::{scaffold, status, verify};
+use super::{Cli, Command, ConnectionArgs, InitArgs, LogFormat, NewArgs, ObservabilityArgs};
+use super::{ReplayArgs, RunArgs, StatusArgs};
 use crate::dynamo::client;
 use crate::migration::Migration;
 use crate::report::Outcome;
@@ -22,7 +24,7 @@ use crate::state::ledger;
 const EXIT_ITEM_FAILURES: u8 = 1;
 pub(super) const EXIT_FATAL: u8 = 2;
 const EXIT_LOCK_LOST: u8 = 3;
-const EXIT_INTERRUPTED: u8 = 130;
+pub(super) const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs `cli` over `migrations` (already checked, in id order).
 pub(super) fn main(mut cli: Cli, migrations: Vec<Arc<dyn Migration>>) -> ExitCode {
@@ -77,6 +79,7 @@ fn init_logging(verbose: u8, format: LogFormat) {
 async fn dispatch(command: Command, migrations: &[Arc<dyn Migration>]) -> anyhow::Result<u8> {
     match command {
         Command::Run(args) => run_command(args, migrations).await,
+        Command::Verify(args) => verify::command(args, migrations).await,
         Command::Status(args) => status_command(args, migrations).await,
         Command::List => {
             for m in migrations {
@@ -191,11 +194,11 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
         crate::metrics::install(addr)?;
         eprintln!("serving Prometheus metrics at http://{addr}/metrics");
     }
-    let targets = targets(&args, migrations)?;
+    let targets = targets(args.migration.as_deref(), args.table.as_deref(), migrations)?;
     let client = client::build(&args.connection.connection())
         .await
         .map_err(|e| anyhow!(e))?;
-    let endpoint = endpoint_note(&args);
+    let endpoint = endpoint_note(&args.connection);
     let shutdown = CancellationToken::new();
     signal::stop_on_signals(shutdown.clone(), EXIT_INTERRUPTED);
     if plan.dry_run {
@@ -228,7 +231,7 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
                             "interrupted with checkpoints saved; run the same command again to resume \
                              (`dynbulk status --table {table}` shows progress)"
                         );
-                        hold_metrics(&args).await;
+                        hold_metrics(&args.observability).await;
                         return Ok(EXIT_INTERRUPTED);
                     }
                 }
@@ -237,7 +240,7 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
                 if let Some(report) = &failure.report {
                     print!("{report}");
                 }
-                hold_metrics(&args).await;
+                hold_metrics(&args.observability).await;
                 if let crate::Error::LockLost(why) = &failure.error {
                     eprintln!(
                         "error: {}: lost the lock: {why}. The runner that holds it now owns the run; \
@@ -250,22 +253,22 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
             }
         }
     }
-    hold_metrics(&args).await;
+    hold_metrics(&args.observability).await;
     Ok(code)
 }
 
-/// The migrations to run, each with its table: resolved before anything is
-/// touched.
-fn targets(
-    args: &RunArgs,
+/// The migrations to run (`migration`, else all), each with its table
+/// (`table`, else its own): resolved before anything is touched.
+pub(super) fn targets(
+    migration: Option<&str>,
+    table: Option<&str>,
     migrations: &[Arc<dyn Migration>],
 ) -> anyhow::Result<Vec<(Arc<dyn Migration>, String)>> {
-    selected(migrations, args.migration.as_deref())?
+    selected(migrations, migration)?
         .into_iter()
         .map(|m| {
-            let table = args
-                .table
-                .clone()
+            let table = table
+                .map(str::to_owned)
                 .or_else(|| m.table().map(str::to_owned))
                 .ok_or_else(|| anyhow!("migration {} names no table; pass --table NAME", m.id()))?;
             Ok((m, table))
@@ -274,8 +277,8 @@ fn targets(
 }
 
 /// " at <endpoint>" for error messages, when one is configured.
-fn endpoint_note(args: &RunArgs) -> String {
-    args.connection
+pub(super) fn endpoint_note(connection: &ConnectionArgs) -> String {
+    connection
         .endpoint_url
         .clone()
         .or_else(|| std::env::var("AWS_ENDPOINT_URL_DYNAMODB").ok())
@@ -302,12 +305,9 @@ fn discarded_by_restart(prepared: &run::Prepared) -> Option<String> {
 }
 
 /// Keeps the process (and its /metrics endpoint) alive for `--metrics-hold`.
-async fn hold_metrics(args: &RunArgs) {
-    if args.observability.metrics_addr.is_some() && args.observability.metrics_hold > 0 {
-        tokio::time::sleep(std::time::Duration::from_secs(
-            args.observability.metrics_hold,
-        ))
-        .await;
+pub(super) async fn hold_metrics(observability: &ObservabilityArgs) {
+    if observability.metrics_addr.is_some() && observability.metrics_hold > 0 {
+        tokio::time::sleep(std::time::Duration::from_secs(observability.metrics_hold)).await;
     }
 }
 

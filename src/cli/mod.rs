@@ -17,12 +17,15 @@
 //! - `progress`: the progress bar or log line.
 //! - `signal`: Ctrl-C and SIGTERM.
 //! - `status`: the `status` listing.
+//! - `verify`: `verify`, a scan that proves nothing is left to change.
 //! - `scaffold`: `init --rust` (a migrations crate) and `new` (a migration file).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use verify::VerifyArgs;
 
 use crate::dynamo::client::Connection;
 use crate::migrator::{self, Migrator};
@@ -35,6 +38,7 @@ mod progress;
 mod scaffold;
 mod signal;
 mod status;
+mod verify;
 
 /// Runs the whole dynbulk command line (`run`, `status`, `list`, `new`, with
 /// every flag, output and exit code of the stock `dynbulk` binary) over
@@ -57,7 +61,8 @@ mod status;
 /// `YYYYMMDD_description`, or one that two migrations share, ends the
 /// program with exit code 2 and a message naming the id, before any command
 /// runs. Exit codes: 0 done; 1 done but some items failed; 2 fatal error or
-/// bad usage; 3 lost the lock to another runner; 130 interrupted.
+/// bad usage; 3 lost the lock to another runner; 4 (`verify`) items would
+/// still change; 130 interrupted.
 pub fn run_cli(migrator: impl Migrator) -> ExitCode {
     crate::pipeline::inflight::tune_allocator();
     let cli = match Cli::try_parse() {
@@ -75,7 +80,11 @@ pub fn run_cli(migrator: impl Migrator) -> ExitCode {
     let mut migrations = migrator.migrations();
     if matches!(
         cli.command,
-        Command::Run(_) | Command::Status(_) | Command::List | Command::Replay(_)
+        Command::Run(_)
+            | Command::Verify(_)
+            | Command::Status(_)
+            | Command::List
+            | Command::Replay(_)
     ) {
         match crate::script::migrations(&cli.script_folder(), cli.script_limits()) {
             Ok(scripts) => migrations.extend(scripts),
@@ -188,6 +197,8 @@ Examples:
   dynbulk run --dry-run                          what every pending migration would change
   dynbulk run --segments 16                      apply every pending migration
   dynbulk run --migration 20241220_add_status_category_fields --table orders-dev
+  dynbulk verify --migration 20241220_add_status_category_fields --table orders-dev
+                                                 prove nothing is left to change (exit 4 if something is)
   dynbulk status --table orders-dev              what ran on orders-dev, when, by whom
   dynbulk init --rust migrations                 create a migrations crate in ./migrations
   dynbulk new \"backfill order totals\"            add src/migrations/YYYYMMDD_backfill_order_totals.rs
@@ -195,7 +206,8 @@ Examples:
 
 Exit codes: 0 done; 1 done but some items failed (see the dead-letter file);
 2 fatal error or bad usage; 3 lost the lock to another runner (stopped
-writing at once); 130 interrupted.";
+writing at once); 4 verify: some items would still change or fail;
+130 interrupted.";
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -226,6 +238,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Run pending migrations (all of them in id order, or the one given by --migration).
     Run(RunArgs),
+    /// Prove a migration is complete: scan the table, apply the transform to
+    /// every item and write nothing; exit 4 if any item would still change.
+    #[command(long_about = verify::VERIFY_ABOUT)]
+    Verify(VerifyArgs),
     /// Show each migration's status on its table: applied, pending, failed or in progress.
     Status(StatusArgs),
     /// List the migrations of this build and of the migrations folder (--migrations-dir).
@@ -334,6 +350,11 @@ pub struct RunArgs {
     /// Errors.
     #[command(flatten)]
     pub errors: ErrorArgs,
+    /// Refuse to write to a table whose point-in-time recovery is not known to
+    /// be on (off, or unknown to the endpoint): exit 2, nothing written. A
+    /// dry run never refuses.
+    #[arg(long)]
+    pub require_pitr: bool,
     /// The run's lock lease (for tests: a few seconds keeps takeover tests short).
     #[arg(long, hide = true, env = "DYNBULK_LEASE", default_value = "15s", value_parser = parse_duration)]
     pub lease: std::time::Duration,
@@ -433,8 +454,8 @@ impl CapacityArgs {
             (None, false) => Limit::Auto,
         };
         Limits {
-            read: one(c.rcu_limit),
-            write: one(c.wcu_limit),
+            read: one(self.rcu_limit),
+            write: one(self.wcu_limit),
         }
     }
 }
@@ -473,6 +494,8 @@ impl RunArgs {
             version_attribute: self.version_attribute.clone(),
             lease: self.lease,
             join: self.join,
+            verify: false,
+            require_pitr: self.require_pitr,
         }
     }
 }
@@ -553,6 +576,8 @@ impl ReplayArgs {
             version_attribute: None,
             lease: self.lease,
             join: false,
+            verify: false,
+            require_pitr: false,
         }
     }
 }

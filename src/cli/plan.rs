@@ -1,13 +1,15 @@
 //! The plan `dynbulk run` prints before it starts: the table, resume or new
-//! run, page size, limits and how they were chosen, the scan's estimate.
+//! run, page size, limits and how they were chosen, point-in-time recovery,
+//! the scan's estimate.
 
 use std::fmt;
 
+use crate::dynamo::table::Pitr;
 use crate::run::Prepared;
 use crate::util::human_duration;
 
 /// The printed plan, one line per fact in the order shown. One function on
-/// purpose (about 95 lines): it reads as the output it prints, and splitting
+/// purpose (about 105 lines): it reads as the output it prints, and splitting
 /// it would scatter that layout over helpers.
 impl fmt::Display for Prepared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,6 +89,14 @@ impl fmt::Display for Prepared {
         writeln!(f, "  write limit:    {}", limit(self.write_limit, "WCU"))?;
         for note in &self.limit_notes {
             writeln!(f, "                  {note}")?;
+        }
+        match &self.pitr {
+            Some(Pitr::Off) => writeln!(
+                f,
+                "  point-in-time recovery: off (no restore to a moment before this run; --require-pitr refuses such a table)"
+            )?,
+            Some(status) => writeln!(f, "  point-in-time recovery: {status}")?,
+            None => {}
         }
         if known {
             write!(f, "  scan estimate:  ~{:.0} RCU", self.read_estimate)?;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::capacity::backoff::Backoff;
-use crate::dynamo::table::TableInfo;
+use crate::dynamo::table::{Pitr, TableInfo};
 use crate::error::Error;
 use crate::migration::Migration;
 use crate::state::checkpoint::RunState;
@@ -60,6 +60,15 @@ pub struct Plan {
     /// Share the run with other processes given the same command (`--join`):
     /// start it if none is in progress, else join it; segments are leased.
     pub join: bool,
+    /// Verify instead of run (`dynbulk verify`): scan the whole table and
+    /// apply the transform to report what would still change, whatever the
+    /// ledger says (an applied migration is verified too) and whatever an
+    /// unfinished run's checkpoints say. Implies `dry_run`: no write of any
+    /// kind, no lock, no state.
+    pub verify: bool,
+    /// Refuse to write to a table whose point-in-time recovery is not known
+    /// to be on (`--require-pitr`); a dry run never refuses.
+    pub require_pitr: bool,
 }
 
 /// One capacity limit as the operator gave it.
@@ -132,6 +141,8 @@ impl Default for Plan {
             version_attribute: None,
             lease: lock::DEFAULT_LEASE,
             join: false,
+            verify: false,
+            require_pitr: false,
         }
     }
 }
@@ -164,6 +175,8 @@ pub struct Prepared {
     pub existing: Option<RunState>,
     /// With --restart: the stored state that could not be read and will be discarded.
     pub unreadable_state: Option<String>,
+    /// The table's point-in-time recovery; `None` when not looked up (a verify).
+    pub pitr: Option<Pitr>,
 }
 
 impl Prepared {

@@ -1,6 +1,8 @@
-//! Preparing a run: look at the table, resolve the plan against it, and look
-//! (read-only) for an unfinished run to resume. Sends no write.
+//! Preparing a run: look at the table (and its point-in-time recovery),
+//! resolve the plan against it, and look (read-only) for an unfinished run to
+//! resume. Sends no write.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::Client;
@@ -19,13 +21,16 @@ use crate::state::ledger::Ledger;
 /// # Errors
 /// A missing or unreachable table; an on-demand table without explicit limits;
 /// an unfinished run whose state is unreadable (unless `--restart`) or no
-/// longer fits the table.
+/// longer fits the table; with `require_pitr`, a run that would write to a
+/// table whose point-in-time recovery is not known to be on.
 pub async fn prepare(
     client: &Client,
     migration: Arc<dyn Migration>,
     table_name: &str,
     plan: &Plan,
 ) -> Result<Prepared, Error> {
+    let verified = verify_plan(plan);
+    let plan: &Plan = &verified;
     let info = table::describe(client, table_name).await?;
     let segments = plan
         .segments
@@ -50,8 +55,21 @@ pub async fn prepare(
         .page_size
         .or_else(|| cost::page_limit(read_limit, avg_item_bytes, consistent));
     let read_estimate = info.size_bytes as f64 / cost::bytes_per_rcu(consistent);
-    let (existing, unreadable_state) =
-        look_for_unfinished(client, &migration, table_name, plan).await?;
+    // A verify scans the whole table whatever a run left, and writes nothing
+    // that recovery would protect.
+    let (existing, unreadable_state) = if plan.verify {
+        (None, None)
+    } else {
+        look_for_unfinished(client, &migration, table_name, plan).await?
+    };
+    let pitr = if plan.verify {
+        None
+    } else {
+        Some(table::pitr_status(client, table_name).await)
+    };
+    if let Some(status) = pitr.as_ref().filter(|_| plan.require_pitr && !plan.dry_run) {
+        table::require_pitr(table_name, status)?;
+    }
     let prepared = Prepared {
         plan: plan.clone(),
         migration,
@@ -65,6 +83,7 @@ pub async fn prepare(
         read_estimate,
         existing,
         unreadable_state,
+        pitr,
     };
     if let Some(run) = &prepared.existing {
         if !plan.restart {
@@ -72,6 +91,21 @@ pub async fn prepare(
         }
     }
     Ok(prepared)
+}
+
+/// The plan as a verify runs it: a dry run that the ledger's "applied" does
+/// not skip. Other plans as given.
+fn verify_plan(plan: &Plan) -> Cow<'_, Plan> {
+    if !plan.verify {
+        return Cow::Borrowed(plan);
+    }
+    Cow::Owned(Plan {
+        dry_run: true,
+        rerun: true,
+        restart: false,
+        join: false,
+        ..plan.clone()
+    })
 }
 
 /// A read-only look for an unfinished run of the migration on the table: the

@@ -2,7 +2,8 @@
 # Runs the whole test suite against a real DynamoDB API.
 #
 # Installs what the tests need: dynalite and TypeScript (pinned, npm) and
-# Prometheus (Debian).
+# Prometheus (Debian's package, as root). Needs Rust, npm and curl; README.md
+# ("Set up on a fresh machine") lists the prerequisites for Linux and macOS.
 # Without DYNAMODB_ENDPOINT: installs the pinned dynalite (tests/dynalite,
 # lockfile committed), starts it on a free loopback port, runs the suite, stops it.
 # With DYNAMODB_ENDPOINT (e.g. http://localhost:8000 from docker-compose.yml):
@@ -23,9 +24,16 @@ if ! command -v "${PROMETHEUS_BIN:-prometheus}" >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
   else
-    echo "the observability test needs Prometheus: apt-get install prometheus, or set PROMETHEUS_BIN" >&2
+    echo "the observability tests need Prometheus: apt-get install prometheus (Debian, Ubuntu; this script does it when run as root)," >&2
+    echo "brew install prometheus (macOS), or PROMETHEUS_BIN=/path/to/prometheus" >&2
     exit 1
   fi
+fi
+
+# The observability tests query Prometheus and /metrics with curl.
+if ! command -v curl >/dev/null; then
+  echo "the observability tests need curl: apt-get install curl (Debian, Ubuntu); macOS has it" >&2
+  exit 1
 fi
 
 # tests/cli.rs type-checks what `dynbulk init` and `new` write with the pinned

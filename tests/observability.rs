@@ -85,6 +85,37 @@ impl Prometheus {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// A range query from `start` to `end` (Unix seconds), one point a
+    /// second, as a dashboard panel asks: each series' labels and values
+    /// (the last is what a stat panel's "last not null" shows).
+    fn range(&self, expr: &str, start: f64, end: f64) -> Vec<(Value, Vec<f64>)> {
+        let out = Command::new("curl")
+            .args(["-sf", "--get", "--data-urlencode"])
+            .arg(format!("query={expr}"))
+            .args(["--data-urlencode", &format!("start={start:.3}")])
+            .args(["--data-urlencode", &format!("end={end:.3}")])
+            .args(["--data-urlencode", "step=1"])
+            .arg(format!("{}/api/v1/query_range", self.url))
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+        v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|series| {
+                let values = series["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p[1].as_str().unwrap().parse().unwrap())
+                    .collect();
+                (series["metric"].clone(), values)
+            })
+            .collect()
+    }
+
     /// The single value of an instant query, if it has exactly one series.
     fn scalar(&self, expr: &str) -> Option<f64> {
         let v = self.query(expr);
@@ -236,6 +267,168 @@ async fn prometheus_scrapes_a_run_and_every_dashboard_query_returns_data() {
     assert_eq!(
         prometheus.scalar("dynbulk_capacity_limit_units{kind=\"write\"}"),
         Some(1000.0)
+    );
+}
+
+/// The dashboard's panel titled `title`: its first query, for every
+/// migration and table, and its value mappings (value -> text).
+fn panel(title: &str) -> (String, BTreeMap<String, String>) {
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/observability/grafana/dashboards/dynbulk.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let panel = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("no panel {title:?}"));
+    let expr = panel["targets"][0]["expr"]
+        .as_str()
+        .unwrap()
+        .replace("$migration", ".*")
+        .replace("$table", ".*");
+    let mut mappings = BTreeMap::new();
+    for mapping in panel["fieldConfig"]["defaults"]["mappings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for (value, to) in mapping["options"].as_object().unwrap() {
+            mappings.insert(value.clone(), to["text"].as_str().unwrap().to_owned());
+        }
+    }
+    (expr, mappings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_run_the_run_state_panel_shows_exactly_its_final_state() {
+    const ITEMS: u64 = 2_000;
+    let (table, _) = small_items_table("orders-state", ITEMS, 32).await;
+    let state = TestTable::named("state");
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let prometheus = Prometheus::start(&metrics_addr);
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let started = unix();
+    // About 8 s at 200 WCU/s: several scrapes while it runs.
+    let out = dynbulk()
+        .args(["run", "--endpoint-url", &endpoint(), "--table", &table.name])
+        .args([
+            "--state-table",
+            &state.name,
+            "--rcu-limit",
+            "2000",
+            "--wcu-limit",
+            "200",
+        ])
+        .args(["--metrics-addr", &metrics_addr, "--metrics-hold", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Evaluated after the run ended, over the whole run, as the panels ask.
+    let ended = unix();
+    let (expr, mappings) = panel("Run state");
+    let series = prometheus.range(&expr, started - 5.0, ended - 1.5);
+    assert_eq!(series.len(), 1, "one number per run: {series:?}");
+    let (labels, values) = &series[0];
+    assert_eq!(labels["table"], table.name.as_str());
+    let name = |v: &f64| mappings.get(&format!("{v}")).cloned();
+    assert_eq!(
+        values.last().and_then(name).as_deref(),
+        Some("done"),
+        "{values:?} with mappings {mappings:?}"
+    );
+    // Before that, the same series said running (and nothing else).
+    let states: std::collections::BTreeSet<_> = values.iter().filter_map(name).collect();
+    assert_eq!(
+        states,
+        ["done", "running"].map(String::from).into(),
+        "{values:?}"
+    );
+}
+
+/// Serves Prometheus exposition text on `listener`: `page(t)` for the
+/// request at `t` seconds after the start, until dropped.
+fn serve_metrics(
+    listener: std::net::TcpListener,
+    page: impl Fn(f64) -> String + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let start = std::time::Instant::now();
+    listener.set_nonblocking(false).unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = page(start.elapsed().as_secs_f64());
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })
+}
+
+/// The ETA panel against a target whose numbers the test controls (a live
+/// DescribeTable item count, which dynalite does not keep): an estimate
+/// while the run is running, 0 once it is done, not its last estimate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_eta_panel_drops_to_zero_when_the_run_ends() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    // Running for 8 s at 100 items/s of 10,000, then done (still served).
+    let _server = serve_metrics(listener, |t| {
+        let running = t < 8.0;
+        let items = (t.min(8.0) * 100.0).floor();
+        let l = r#"migration="20250101_x",table="orders""#;
+        let state = |s: &str, on: bool| {
+            format!("dynbulk_run_state{{{l},state=\"{s}\"}} {}\n", u8::from(on))
+        };
+        format!(
+            "dynbulk_items_estimated{{{l}}} 10000\n\
+             dynbulk_items_total{{{l},outcome=\"updated\"}} {items}\n{}{}",
+            state("running", running),
+            state("done", !running)
+        )
+    });
+    let prometheus = Prometheus::start(&target);
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let started = unix();
+    tokio::time::sleep(std::time::Duration::from_secs(13)).await;
+    let (eta, _) = panel("ETA");
+    let series = prometheus.range(&eta, started, unix() - 1.0);
+    assert_eq!(series.len(), 1, "{series:?}");
+    let values = &series[0].1;
+    assert!(
+        values.iter().any(|v| *v > 10.0),
+        "an estimate while running: {values:?}"
+    );
+    assert_eq!(
+        values.last(),
+        Some(&0.0),
+        "no estimate once the run has ended: {values:?}"
     );
 }
 

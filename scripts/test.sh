@@ -36,6 +36,12 @@ if ! command -v curl >/dev/null; then
   exit 1
 fi
 
+# The progress-bar test runs dynbulk on a pseudo-terminal with util-linux's script.
+if ! script --version 2>/dev/null | grep -q util-linux; then
+  echo "the observability tests need util-linux's script: apt-get install bsdutils (Debian, Ubuntu), brew install util-linux (macOS)" >&2
+  exit 1
+fi
+
 # tests/cli.rs type-checks what `dynbulk init` and `new` write with the pinned
 # TypeScript compiler (tests/typescript, lockfile committed).
 if ! command -v npm >/dev/null; then

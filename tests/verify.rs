@@ -212,14 +212,24 @@ fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
-fn verify_in(dir: &Path, id: &str, table: &str, state: &str, dead_letter: &Path) -> Output {
+/// `verify` of the migrations in `dir` on `table`: one (`--migration`) or all.
+fn verify_in(
+    dir: &Path,
+    id: Option<&str>,
+    table: &str,
+    state: &str,
+    dead_letter: &Path,
+    extra: &[&str],
+) -> Output {
     let out = dynbulk()
         .arg("--migrations-dir")
         .arg(dir)
-        .args(["verify", "--migration", id, "--table", table])
+        .args(["verify", "--table", table])
+        .args(id.map(|id| ["--migration", id]).iter().flatten())
         .args(["--state-table", state, "--unlimited", "--progress", "off"])
         .arg("--dead-letter")
         .arg(dead_letter)
+        .args(extra)
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);
@@ -228,7 +238,8 @@ fn verify_in(dir: &Path, id: &str, table: &str, state: &str, dead_letter: &Path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_script_whose_transform_fails_or_deletes_is_not_complete_and_nothing_is_written() {
+async fn a_script_whose_transform_fails_or_deletes_is_not_complete_and_all_are_verified_in_id_order(
+) {
     let client = client();
     let table = TestTable::named("verify-script");
     sample::create_table(&client, &table.name, KeyShape::Hash)
@@ -244,9 +255,10 @@ async fn a_script_whose_transform_fails_or_deletes_is_not_complete_and_nothing_i
     items.extend((0..4).map(|i| item(&format!("bad{i}"), "bad")));
     items.extend((0..3).map(|i| item(&format!("gone{i}"), "gone")));
     sample::put_all(&client, &table.name, &items).await.unwrap();
-    let dir = folder(&[(
-        "20250301_drop_gone.js",
-        r#"import { DELETE } from "dynbulk";
+    let dir = folder(&[
+        (
+            "20250301_drop_gone.js",
+            r#"import { DELETE } from "dynbulk";
 export default {
   description: "delete gone items; bad items cannot be migrated",
   transform(item) {
@@ -255,17 +267,23 @@ export default {
   },
 };
 "#,
-    )]);
+        ),
+        (
+            "20250302_keep.js",
+            "export default { description: \"keeps everything\", transform(item) {} };\n",
+        ),
+    ]);
     let state = TestTable::named("state");
     let dead_letter = dead_letter_file();
     let before = read_all(&client, &table.name).await;
 
     let out = verify_in(
         dir.path(),
-        "20250301_drop_gone",
+        Some("20250301_drop_gone"),
         &table.name,
         &state.name,
         &dead_letter,
+        &[],
     );
     let (stdout, stderr) = text(&out);
     assert_eq!(
@@ -292,19 +310,97 @@ export default {
     let _ = std::fs::remove_file(&dead_letter);
 
     // Only unchanged items left: complete.
-    let keep = folder(&[(
-        "20250302_keep.js",
-        "export default { description: \"keeps everything\", transform(item) {} };\n",
-    )]);
     let out = verify_in(
-        keep.path(),
-        "20250302_keep",
+        dir.path(),
+        Some("20250302_keep"),
         &table.name,
         &state.name,
         &dead_letter,
+        &[],
     );
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert_eq!(count(&stdout, "unchanged"), before.len() as u64);
     assert!(!dead_letter.exists());
+
+    // --max-errors stops the scan early: not complete, whatever is left.
+    let out = verify_in(
+        dir.path(),
+        Some("20250301_drop_gone"),
+        &table.name,
+        &state.name,
+        &dead_letter,
+        &["--max-errors", "1", "--segments", "1", "--workers", "1"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_WOULD_CHANGE),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("past --max-errors 1"), "{stdout}");
+    let _ = std::fs::remove_file(&dead_letter);
+
+    // Without --migration: every one, in id order; one incomplete is exit 4.
+    let out = verify_in(
+        dir.path(),
+        None,
+        &table.name,
+        &state.name,
+        &dead_letter,
+        &[],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(EXIT_WOULD_CHANGE),
+        "{stdout}\n{stderr}"
+    );
+    let verdicts: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("verified "))
+        .collect();
+    assert_eq!(verdicts.len(), 2, "{stdout}");
+    assert!(
+        verdicts[0].starts_with(&format!(
+            "verified 20250301_drop_gone on {}: NOT complete",
+            table.name
+        )),
+        "{stdout}"
+    );
+    assert!(
+        verdicts[1].starts_with(&format!(
+            "verified 20250302_keep on {}: complete",
+            table.name
+        )),
+        "{stdout}"
+    );
+    assert_eq!(read_all(&client, &table.name).await, before);
+    assert!(!table_exists(&client, &state.name).await);
+    let _ = std::fs::remove_file(&dead_letter);
+}
+
+#[test]
+fn verify_help_teaches_what_it_checks_and_its_exit_codes() {
+    let out = dynbulk().args(["verify", "--help"]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for needle in [
+        "Sends no write of any kind",
+        "whatever the ledger says",
+        "every migration is verified in id order",
+        "Exit codes: 0 complete",
+        "4 not complete",
+        "--rcu-limit",
+        "--max-errors",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} in:\n{stdout}");
+    }
+    let out = dynbulk().arg("--help").output().unwrap();
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("verify"), "{stdout}");
+    assert!(
+        stdout.contains("4 verify: some items would still change"),
+        "{stdout}"
+    );
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a local endpoint: create a table of 20,000 generated orders,
 # show what the example migration would do (dry run), run it, run it again
-# (nothing left to do), and show the ledger.
+# (nothing left to do), verify that nothing is left to change, and show the
+# ledger.
 #
 #   scripts/demo.sh                         starts dynalite on a free loopback port
 #   scripts/demo.sh http://localhost:8000   uses DynamoDB Local from docker-compose.yml
@@ -67,5 +68,7 @@ echo "== dynbulk run ${run_flags[*]}"
 "$bin/dynbulk" run "${run_flags[@]}"
 echo "== dynbulk run --rerun --segments 4 --rcu-limit 1000 --wcu-limit 10000   (idempotent: nothing left to change)"
 "$bin/dynbulk" run --rerun --segments 4 --rcu-limit 1000 --wcu-limit 10000
+echo "== dynbulk verify --segments 4 --rcu-limit 1000   (proves nothing is left to change: exit 0, or 4 if something is)"
+"$bin/dynbulk" verify --segments 4 --rcu-limit 1000
 echo "== dynbulk status"
 "$bin/dynbulk" status

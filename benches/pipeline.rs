@@ -112,6 +112,7 @@ async fn one_pass_with(
         guard: Default::default(),
         index_keys: vec![],
         fence: None,
+        journal: None,
     });
     let pool = Arc::new(Pool {
         writer,

@@ -204,6 +204,9 @@ pub struct Report {
     /// The dead-letter files of every attempt of the run that had a failure
     /// (earlier attempts' first), this one's included.
     pub dead_letters: Vec<PathBuf>,
+    /// The journals of every attempt of the run that wrote (what `dynbulk
+    /// revert` puts back).
+    pub journals: Vec<PathBuf>,
     /// Wall-clock duration of the data step.
     pub elapsed: Duration,
     /// Capacity limits and use.
@@ -330,6 +333,10 @@ impl std::fmt::Display for Report {
         }
         for (i, p) in self.dead_letters.iter().enumerate() {
             let label = if i == 0 { "dead letters:" } else { "" };
+            writeln!(f, "  {label:<16}{}", p.display())?;
+        }
+        for (i, p) in self.journals.iter().enumerate() {
+            let label = if i == 0 { "journal:" } else { "" };
             writeln!(f, "  {label:<16}{}", p.display())?;
         }
         if self.dry_run && !self.samples.is_empty() {

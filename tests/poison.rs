@@ -687,7 +687,7 @@ async fn a_checkpoint_never_moves_past_dead_letters_not_on_disk() {
             let (tx, rx) = tokio::sync::mpsc::channel(1);
             tx.send(ack).await.unwrap();
             drop(tx);
-            checkpointer(store, run, rx, Default::default(), dl, None).await
+            checkpointer(store, run, rx, Default::default(), dl, None, None).await
         }
     };
 

@@ -355,6 +355,9 @@ pub struct RunArgs {
     /// dry run never refuses.
     #[arg(long)]
     pub require_pitr: bool,
+    /// The journal.
+    #[command(flatten)]
+    pub journal: JournalArgs,
     /// The run's lock lease (for tests: a few seconds keeps takeover tests short).
     #[arg(long, hide = true, env = "DYNBULK_LEASE", default_value = "15s", value_parser = parse_duration)]
     pub lease: std::time::Duration,
@@ -445,6 +448,34 @@ pub struct ErrorArgs {
     pub dead_letter: Option<PathBuf>,
 }
 
+/// The journal of what every write changed, which `dynbulk revert` puts back.
+#[derive(Debug, Clone, Args)]
+pub struct JournalArgs {
+    /// The directory of the run's journal (one compressed file per process
+    /// and attempt, readable by its owner only); default: the dead-letter
+    /// file's directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "no_journal",
+        help_heading = "Journal"
+    )]
+    pub journal: Option<PathBuf>,
+    /// Keep no journal: the run cannot be reverted with `dynbulk revert`.
+    #[arg(long, help_heading = "Journal")]
+    pub no_journal: bool,
+}
+
+impl JournalArgs {
+    fn place(&self) -> crate::run::JournalPlace {
+        match (&self.journal, self.no_journal) {
+            (_, true) => crate::run::JournalPlace::Off,
+            (Some(dir), false) => crate::run::JournalPlace::Dir(dir.clone()),
+            (None, false) => crate::run::JournalPlace::NextToDeadLetter,
+        }
+    }
+}
+
 impl CapacityArgs {
     fn limits(&self) -> Limits {
         let c = self;
@@ -486,6 +517,7 @@ impl RunArgs {
             rerun: self.rerun,
             max_errors: Some(self.errors.max_errors),
             dead_letter,
+            journal: self.journal.place(),
             state_table: self.state.state_table.clone(),
             backoff: Default::default(),
             retry_budget: self.errors.retry_budget,
@@ -568,6 +600,8 @@ impl ReplayArgs {
             rerun: false,
             max_errors: Some(self.errors.max_errors),
             dead_letter: self.errors.dead_letter(),
+            // A replay's writes are not journaled (yet): revert does not undo them.
+            journal: crate::run::JournalPlace::Off,
             state_table: self.state.state_table.clone(),
             backoff: Default::default(),
             retry_budget: self.errors.retry_budget,

@@ -10,21 +10,12 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::migration::{Attrs, Change, Item, TransformError};
 use crate::pipeline::scan::Page;
-use crate::pipeline::write::{ItemOutcome, Writer};
+use crate::pipeline::write::{transform_failed, ItemOutcome, Round, Writer};
 use crate::report::Counts;
 use crate::report::Stats;
 use crate::state::checkpoint::Ack;
 use crate::state::deadletter::DeadLetter;
-
-/// An item of a page on its way to the writer.
-enum Pending {
-    /// As scanned: the writer transforms it.
-    Scanned(Attrs),
-    /// Already transformed by the migration's page transform.
-    Transformed(Item, std::result::Result<Change, TransformError>),
-}
 
 /// Why a worker stopped before the channel closed.
 #[derive(Debug)]
@@ -97,17 +88,27 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
     let n_items = items.len() as u64;
     // A migration with its own transform threads (a script) gets the whole
     // page at once, off this task; the others transform item by item here.
-    let items: Vec<Pending> = match writer.migration.page_transform() {
+    // Every item is transformed and planned before any is sent, so that the
+    // page's journal records go out together, before its writes.
+    let rounds: Vec<Round> = match writer.migration.page_transform() {
         Some(pages) => pages
             .transform_page(&writer.facts(), items)
             .await
             .into_iter()
-            .map(|(item, change)| Pending::Transformed(item, change))
+            .map(|(item, change)| writer.plan_round(item, change.map_err(transform_failed)))
             .collect(),
-        None => items.into_iter().map(Pending::Scanned).collect(),
+        None => {
+            let mut rounds = Vec::with_capacity(items.len());
+            for attrs in items {
+                let (item, change) = writer.transform(attrs).await;
+                rounds.push(writer.plan_round(item, change));
+            }
+            rounds
+        }
     };
-    let mut results = stream::iter(items)
-        .map(|pending| async move {
+    let ids = writer.journal_rounds(&rounds).map_err(Stop::Fatal)?;
+    let mut results = stream::iter(rounds.into_iter().zip(ids))
+        .map(|(round, id)| async move {
             // After a fatal error in this page, only items already started
             // finish; the page is then not acknowledged, so a resume redoes it.
             // A graceful stop (Ctrl-C) finishes the page instead, so that it is
@@ -115,10 +116,7 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
             if abort.load(Relaxed) {
                 return None;
             }
-            let r = match pending {
-                Pending::Transformed(item, change) => writer.apply_transformed(item, change).await,
-                Pending::Scanned(attrs) => writer.apply(attrs).await,
-            };
+            let r = writer.send_rounds(round, id).await;
             if r.is_err() {
                 abort.store(true, Relaxed);
             }

@@ -23,8 +23,10 @@ use crate::migration::{Attrs, Change, Item, Migration, RunFacts, TransformError}
 use crate::pipeline::diff::{self, Expr, Planned};
 use crate::report::{Sample, SampleChange, Stats};
 use crate::state::deadletter::value_json;
+use crate::state::journal;
 
-fn transform_failed(e: TransformError) -> String {
+/// The failure of a transform that returned an error.
+pub(crate) fn transform_failed(e: TransformError) -> String {
     format!("transform failed: {e}")
 }
 
@@ -79,6 +81,28 @@ pub struct Writer {
     /// The run's lock: no write attempt is sent once it is not provably held,
     /// and attempts in flight are abandoned. `None` in dry runs.
     pub fence: Option<crate::state::fence::Fence>,
+    /// Where each write's intent is recorded before it is sent (for
+    /// `revert`); `None` in dry runs and with `--no-journal`.
+    pub journal: Option<Arc<crate::state::journal::Journal>>,
+}
+
+/// One round of an item's write: what [`Writer::plan_round`] decided.
+#[derive(Debug)]
+pub enum Round {
+    /// Nothing to send: the item's outcome.
+    Done(ItemOutcome),
+    /// A planned write to send.
+    Send(Box<Outgoing>),
+}
+
+/// A planned write of one item.
+#[derive(Debug)]
+pub struct Outgoing {
+    key: Attrs,
+    attrs: Attrs,
+    planned: Planned,
+    /// Its journal record, when the run keeps a journal.
+    record: Option<journal::Record>,
 }
 
 impl Writer {
@@ -119,7 +143,7 @@ impl Writer {
 
     /// One item's transform: on the worker task, or on the migration's own
     /// threads when it has a [`Migration::page_transform`].
-    async fn transform(&self, attrs: Attrs) -> (Item, Result<Change, String>) {
+    pub(crate) async fn transform(&self, attrs: Attrs) -> (Item, Result<Change, String>) {
         if let Some(pages) = self.migration.page_transform() {
             let mut out = pages.transform_page(&self.facts(), vec![attrs]).await;
             return match out.pop() {
@@ -159,58 +183,139 @@ impl Writer {
     }
 
     /// Plans, validates and sends the change, and on a conflict re-reads,
-    /// transforms again and goes round again.
-    ///
-    /// One loop on purpose (about 120 lines): transform, plan, validate, send,
-    /// and on a conflict re-read and go round again, at most
-    /// [`MAX_CONFLICT_RETRIES`] times; each round's outcome (written,
-    /// unchanged, failed, conflict) decides the next, and the attempts'
-    /// counts span the rounds.
+    /// transforms again and goes round again (see [`Writer::send_rounds`]).
     async fn finish(
         &self,
         item: Item,
         change: Result<Change, String>,
     ) -> Result<ItemOutcome, Error> {
+        let round = self.plan_round(item, change);
+        let ids = self.journal_rounds(std::slice::from_ref(&round))?;
+        self.send_rounds(round, ids[0]).await
+    }
+
+    /// One round's decision for a transformed item, before anything is sent:
+    /// its outcome when there is nothing to send (kept, unchanged, failed,
+    /// or a dry run's), else the planned write. No I/O.
+    pub fn plan_round(&self, item: Item, change: Result<Change, String>) -> Round {
         // The key is extracted only where it is used (a write, a sample, a
         // failure): this runs for every item.
-        let failed = |attrs: &Attrs, reason: String| ItemOutcome::Failed {
-            key: diff::key_of(&self.keys, attrs),
-            reason,
+        let failed = |attrs: &Attrs, reason: String| {
+            Round::Done(ItemOutcome::Failed {
+                key: diff::key_of(&self.keys, attrs),
+                reason,
+            })
         };
-        let mut next = (item, change);
+        let change = match change {
+            Ok(change) => change,
+            Err(failure) => return failed(item.scanned(), failure),
+        };
+        let (attrs_now, read) = item.into_parts();
+        if let Some(outside) = self.outside_projection(&read, &change) {
+            // An attribute the scan did not fetch looks absent: a removal
+            // would be skipped and a guard would fail forever.
+            return failed(&attrs_now, format!(
+                "the transform reads or writes attribute {outside:?}, which the migration's scan projection does not fetch; \
+                 add it to scan_options().projection"
+            ));
+        }
+        let planned = match diff::plan(&self.keys, &attrs_now, &read, &change, &self.guard) {
+            Ok(p) => p,
+            Err(e) => return failed(&attrs_now, e.to_string()),
+        };
+        if planned == Planned::Unchanged {
+            return Round::Done(ItemOutcome::Unchanged);
+        }
+        // Before the dry-run return: a dry run reports these items too.
+        if let Err(e) =
+            crate::pipeline::validate::check(&self.index_keys, &attrs_now, &change, &planned)
+        {
+            return failed(&attrs_now, e.to_string());
+        }
+        if self.dry_run {
+            return Round::Done(self.dry_run_outcome(&attrs_now, &change, planned));
+        }
+        let key = diff::key_of(&self.keys, &attrs_now);
+        let record = self.journal.as_ref().map(|_| {
+            intent(
+                &key,
+                &attrs_now,
+                &change,
+                &planned,
+                self.guard.version.as_deref(),
+            )
+        });
+        Round::Send(Box::new(Outgoing {
+            key,
+            attrs: attrs_now,
+            planned,
+            record,
+        }))
+    }
+
+    /// Journals the intents of `rounds` (write-ahead: one compressed member
+    /// handed to the operating system before any of them is sent); each
+    /// round's intent number, `None` where it sends nothing or the run keeps
+    /// no journal.
+    ///
+    /// # Errors
+    /// When the journal cannot be written: the writes must then not be sent.
+    pub fn journal_rounds(&self, rounds: &[Round]) -> Result<Vec<Option<u64>>, Error> {
+        let records: Vec<journal::Record> = rounds
+            .iter()
+            .filter_map(|r| match r {
+                Round::Send(s) => s.record.clone(),
+                Round::Done(_) => None,
+            })
+            .collect();
+        let Some(journal) = self.journal.as_ref().filter(|_| !records.is_empty()) else {
+            return Ok(vec![None; rounds.len()]);
+        };
+        let mut next = journal.append(&records)?;
+        Ok(rounds
+            .iter()
+            .map(|r| match r {
+                Round::Send(s) if s.record.is_some() => {
+                    next += 1;
+                    Some(next - 1)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Sends a planned round (journaled as intent `id`) and, on a conflict,
+    /// re-reads, transforms again and goes round again, at most
+    /// [`MAX_CONFLICT_RETRIES`] times; each round's intent is journaled
+    /// before it is sent, and one that definitely did not apply is noted so.
+    ///
+    /// One loop on purpose (about 100 lines): each round's outcome (written,
+    /// unchanged, failed, conflict) decides the next, and the attempts'
+    /// counts span the rounds.
+    ///
+    /// # Errors
+    /// As [`Writer::apply`].
+    pub async fn send_rounds(
+        &self,
+        mut round: Round,
+        mut id: Option<u64>,
+    ) -> Result<ItemOutcome, Error> {
+        let not_applied = |id: Option<u64>| {
+            if let (Some(j), Some(id)) = (&self.journal, id) {
+                j.not_applied(id);
+            }
+        };
         let mut last_key = Attrs::new();
         for _ in 0..=MAX_CONFLICT_RETRIES {
-            let (item, change) = next;
-            let change = match change {
-                Ok(change) => change,
-                Err(failure) => return Ok(failed(item.scanned(), failure)),
+            let Outgoing {
+                key,
+                attrs: attrs_now,
+                planned,
+                ..
+            } = match round {
+                Round::Done(outcome) => return Ok(outcome),
+                Round::Send(send) => *send,
             };
-            let (attrs_now, read) = item.into_parts();
-            if let Some(outside) = self.outside_projection(&read, &change) {
-                // An attribute the scan did not fetch looks absent: a removal
-                // would be skipped and a guard would fail forever.
-                return Ok(failed(&attrs_now, format!(
-                    "the transform reads or writes attribute {outside:?}, which the migration's scan projection does not fetch; \
-                     add it to scan_options().projection"
-                )));
-            }
-            let planned = match diff::plan(&self.keys, &attrs_now, &read, &change, &self.guard) {
-                Ok(p) => p,
-                Err(e) => return Ok(failed(&attrs_now, e.to_string())),
-            };
-            if planned == Planned::Unchanged {
-                return Ok(ItemOutcome::Unchanged);
-            }
-            // Before the dry-run return: a dry run reports these items too.
-            if let Err(e) =
-                crate::pipeline::validate::check(&self.index_keys, &attrs_now, &change, &planned)
-            {
-                return Ok(failed(&attrs_now, e.to_string()));
-            }
-            if self.dry_run {
-                return Ok(self.dry_run_outcome(&attrs_now, &change, planned));
-            }
-            let key = diff::key_of(&self.keys, &attrs_now);
             // Boxed, here and below: the SDK's request futures are large, and
             // inline they would make every item's future (moved into the
             // worker's FuturesUnordered for every item, written or not) as large.
@@ -234,6 +339,7 @@ impl Writer {
                 }
                 Err(e) => match e.class_for(Call::ItemWrite) {
                     Class::ConditionFailed => {
+                        not_applied(id);
                         Stats::inc(&self.stats.conflicts);
                         let fresh = Box::pin(self.reread(
                             &key,
@@ -243,17 +349,22 @@ impl Writer {
                         .await?;
                         last_key = key;
                         match fresh {
-                            Some(fresh) => next = Box::pin(self.transform(fresh)).await,
+                            Some(fresh) => {
+                                let (item, change) = Box::pin(self.transform(fresh)).await;
+                                round = self.plan_round(item, change);
+                                id = self.journal_rounds(std::slice::from_ref(&round))?[0];
+                            }
                             // Deleted by someone else in between, or no longer
                             // matching the scan filter: nothing left to migrate.
                             None => return Ok(ItemOutcome::Unchanged),
                         }
                     }
                     Class::Item => {
+                        not_applied(id);
                         return Ok(ItemOutcome::Failed {
                             key,
                             reason: e.to_string(),
-                        })
+                        });
                     }
                     // `send` retried for the whole budget: a hot key, not the run's rate.
                     Class::Throttle | Class::Transient => {
@@ -525,6 +636,55 @@ impl Writer {
         self.stats
             .transient
             .fetch_add(attempts.transient.into(), Relaxed);
+    }
+}
+
+/// The journal record of a planned write: for an update, each attribute it
+/// sets or removes (and the version attribute it increments) before and
+/// after; for a delete, the whole item as scanned.
+fn intent(
+    key: &Attrs,
+    old: &Attrs,
+    change: &Change,
+    planned: &Planned,
+    version: Option<&str>,
+) -> journal::Record {
+    match (planned, change) {
+        (Planned::Update(_), Change::Update(update)) => {
+            let effective = diff::effective(old, update);
+            let mut before = std::collections::BTreeMap::new();
+            let mut after = std::collections::BTreeMap::new();
+            for (name, value) in &effective.set {
+                before.insert(name.clone(), old.get(name).cloned());
+                after.insert(name.clone(), Some(value.clone()));
+            }
+            for name in &effective.remove {
+                before.insert(name.clone(), old.get(name).cloned());
+                after.insert(name.clone(), None);
+            }
+            // ADD 1 (an absent version counts as 0); a version that is not a
+            // whole number is left out: revert then neither checks nor restores it.
+            if let Some(v) = version {
+                let now = match old.get(v) {
+                    None => Some(0i128),
+                    Some(AttributeValue::N(n)) => n.parse::<i128>().ok(),
+                    Some(_) => None,
+                };
+                if let Some(n) = now {
+                    before.insert(v.to_owned(), old.get(v).cloned());
+                    after.insert(v.to_owned(), Some(AttributeValue::N((n + 1).to_string())));
+                }
+            }
+            journal::Record::Update {
+                key: key.clone(),
+                before,
+                after,
+            }
+        }
+        _ => journal::Record::Delete {
+            key: key.clone(),
+            item: old.clone(),
+        },
     }
 }
 

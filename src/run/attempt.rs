@@ -123,6 +123,7 @@ pub(super) fn blank_report(prepared: &Prepared, outcome: Outcome) -> Report {
         schema: None,
         samples: vec![],
         dead_letters: vec![],
+        journals: vec![],
         elapsed: Default::default(),
         capacity: Default::default(),
         state_writes: 0,
@@ -217,6 +218,7 @@ impl Record<'_> {
             counts: report.total.unwrap_or(report.counts),
             schema: report.schema.as_deref(),
             dead_letters: &report.dead_letters,
+            journals: &report.journals,
             run_id: None,
         };
         self.ledger.finish(&run, fence).await

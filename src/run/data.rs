@@ -22,6 +22,7 @@ use crate::report::{Capacity, Observer, Progress, Report, Stats};
 use crate::state::checkpoint::{self, Ack, RunState, SegmentState, Store};
 use crate::state::deadletter::DeadLetter;
 use crate::state::fence::Fence;
+use crate::state::journal::Journal;
 use crate::state::lease::Member;
 
 /// What the data step needs besides the plan and the run's state.
@@ -53,7 +54,7 @@ impl Step<'_> {
         self,
         client: &Client,
         prepared: &Prepared,
-        state: Option<RunState>,
+        mut state: Option<RunState>,
         report: &mut Report,
     ) -> (Result<(), Error>, Option<RunState>) {
         let started = Instant::now();
@@ -71,9 +72,17 @@ impl Step<'_> {
             }
             None => (None, None),
         };
+        let journal = match state.as_mut() {
+            Some(st) => match open_journal(prepared, self.store, st, member.as_deref()).await {
+                Ok(journal) => journal,
+                Err(e) => return (Err(e), state),
+            },
+            None => None,
+        };
         let (acks, checkpointer) = match state.clone() {
             Some(st) => {
-                let (tx, task) = spawn_checkpointer(self.store, st, &stats, &dead_letter, member);
+                let (tx, task) =
+                    spawn_checkpointer(self.store, st, &stats, &dead_letter, &journal, member);
                 (Some(tx), Some(task))
             }
             None => (None, None),
@@ -104,6 +113,7 @@ impl Step<'_> {
             },
             claims,
             fence: self.fence,
+            journal,
         };
         let mut result = pipeline::run(client, prepared, pipes).await;
         // Every worker is done: the ack channel is closed, the checkpointer drains and ends.
@@ -130,6 +140,10 @@ impl Step<'_> {
         report.samples = stats.samples();
         report.elapsed = started.elapsed();
         report.dead_letters = dead_letter_files(state.as_ref(), &dead_letter).await;
+        report.journals = state
+            .as_ref()
+            .map(|s| s.journals.iter().map(PathBuf::from).collect())
+            .unwrap_or_default();
         (result, state)
     }
 }
@@ -141,6 +155,7 @@ fn spawn_checkpointer(
     state: RunState,
     stats: &Stats,
     dead_letter: &Arc<DeadLetter>,
+    journal: &Option<Arc<Journal>>,
     member: Option<Arc<Member>>,
 ) -> (mpsc::Sender<Ack>, Checkpointer) {
     let (tx, rx) = mpsc::channel(1024);
@@ -150,9 +165,46 @@ fn spawn_checkpointer(
         rx,
         stats.checkpoint_saves.clone(),
         dead_letter.clone(),
+        journal.clone(),
         member,
     );
     (tx, tokio::spawn(task))
+}
+
+/// This attempt's journal (none with `--no-journal`), named in the run's
+/// state before any write is sent: a write whose record is in a file the
+/// state does not name could never be reverted.
+///
+/// # Errors
+/// When the journal's directory cannot be created or the state not written.
+async fn open_journal(
+    prepared: &Prepared,
+    store: &Store,
+    state: &mut RunState,
+    member: Option<&Member>,
+) -> Result<Option<Arc<Journal>>, Error> {
+    let Some(dir) = prepared.plan.journal_dir() else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        Error::io(
+            format!("creating the journal directory {}", dir.display()),
+            e,
+        )
+    })?;
+    let journal = Journal::new(Journal::file_in(
+        &dir,
+        &prepared.table.name,
+        prepared.migration.id(),
+    ));
+    journal.create()?;
+    let path = journal.path().to_string_lossy().into_owned();
+    state.journals.push(path.clone());
+    match member {
+        Some(member) => member.name_journal(&path).await?,
+        None => store.put_header(state).await?,
+    }
+    Ok(Some(Arc::new(journal)))
 }
 
 /// Waits for the checkpointer: its final state and write count go into the

@@ -484,6 +484,11 @@ async fn finish(
         counts: run.counts,
         schema: report.schema.as_deref(),
         dead_letters: &dead_letters,
+        journals: &run
+            .journals
+            .iter()
+            .map(std::path::PathBuf::from)
+            .collect::<Vec<_>>(),
         run_id: Some(&run.run_id),
     };
     let recorded = ledger.finish_shared(&record, fence).await?;
@@ -493,6 +498,7 @@ async fn finish(
     }
     report.total = Some(run.counts);
     report.dead_letters = dead_letters;
+    report.journals = run.journals.iter().map(std::path::PathBuf::from).collect();
     Ok(())
 }
 

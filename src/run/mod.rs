@@ -37,7 +37,9 @@ mod prepare;
 mod replay;
 mod resume;
 
-pub use plan::{Limit, Limits, Plan, Prepared, DEFAULT_PROVISIONED_SHARE, DEFAULT_RETRY_BUDGET};
+pub use plan::{
+    JournalPlace, Limit, Limits, Plan, Prepared, DEFAULT_PROVISIONED_SHARE, DEFAULT_RETRY_BUDGET,
+};
 pub use prepare::prepare;
 pub use replay::{replay, ReplayFailure, ReplayReport};
 

@@ -26,6 +26,7 @@ use crate::report::Stats;
 use crate::state::checkpoint::{Ack, SegmentState};
 use crate::state::deadletter::DeadLetter;
 use crate::state::fence::Fence;
+use crate::state::journal::Journal;
 
 /// The channels and shared state the pipeline's tasks use.
 pub(super) struct Pipes {
@@ -43,6 +44,9 @@ pub(super) struct Pipes {
     pub claims: Option<mpsc::Receiver<(u32, Option<Attrs>)>>,
     /// The lock's fence, which every data write attempt checks; `None` in dry runs.
     pub fence: Option<Fence>,
+    /// Where writes are journaled before they are sent; `None` in dry runs
+    /// and with `--no-journal`.
+    pub journal: Option<Arc<Journal>>,
 }
 
 /// The scan options and what every write is conditioned on besides the
@@ -119,15 +123,18 @@ fn pool(
     guard: Guard,
     backoff: Backoff,
 ) -> Pool {
-    let writer = Arc::new(writer(
-        client,
-        prepared,
-        options,
-        guard,
-        backoff,
-        (pipes.stats.clone(), pipes.budgets.clone()),
-        pipes.fence.clone(),
-    ));
+    let writer = Arc::new(Writer {
+        journal: pipes.journal.clone(),
+        ..writer(
+            client,
+            prepared,
+            options,
+            guard,
+            backoff,
+            (pipes.stats.clone(), pipes.budgets.clone()),
+            pipes.fence.clone(),
+        )
+    });
     Pool {
         writer,
         dead_letter: pipes.dead_letter.clone(),
@@ -168,6 +175,7 @@ fn writer(
         guard,
         index_keys: info.index_keys.clone(),
         fence,
+        journal: None,
     }
 }
 

@@ -5,7 +5,7 @@
 //! the [`Prepared`] plan.
 
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::capacity::backoff::Backoff;
@@ -39,6 +39,8 @@ pub struct Plan {
     pub max_errors: Option<u64>,
     /// Dead-letter file.
     pub dead_letter: PathBuf,
+    /// Where the journal of what every write changed goes (for `dynbulk revert`).
+    pub journal: JournalPlace,
     /// State table name.
     pub state_table: String,
     /// Retry policy (delays; its `budget` is replaced by `retry_budget` on the data path).
@@ -69,6 +71,34 @@ pub struct Plan {
     /// Refuse to write to a table whose point-in-time recovery is not known
     /// to be on (`--require-pitr`); a dry run never refuses.
     pub require_pitr: bool,
+}
+
+/// Where a run keeps its journal: one file per process and attempt, named
+/// in the run's state before its first write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JournalPlace {
+    /// In the dead-letter file's directory (the default).
+    NextToDeadLetter,
+    /// In this directory (`--journal DIR`).
+    Dir(PathBuf),
+    /// No journal (`--no-journal`): the run cannot be reverted.
+    Off,
+}
+
+impl Plan {
+    /// The directory of the run's journal; `None` without one.
+    pub fn journal_dir(&self) -> Option<PathBuf> {
+        match &self.journal {
+            JournalPlace::Off => None,
+            JournalPlace::Dir(dir) => Some(dir.clone()),
+            JournalPlace::NextToDeadLetter => Some(
+                self.dead_letter
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_owned),
+            ),
+        }
+    }
 }
 
 /// One capacity limit as the operator gave it.
@@ -130,6 +160,7 @@ impl Default for Plan {
             rerun: false,
             max_errors: Some(1000),
             dead_letter: PathBuf::from("dynbulk-dead-letter.jsonl"),
+            journal: JournalPlace::NextToDeadLetter,
             state_table: crate::state::store::DEFAULT_STATE_TABLE.into(),
             backoff: Backoff::default(),
             retry_budget: DEFAULT_RETRY_BUDGET,

@@ -113,6 +113,7 @@ mod tests {
             segment_failed: vec![0; 2],
             segment_counts: vec![Default::default(); 2],
             dead_letters: vec![],
+            journals: vec![],
         }
     }
 

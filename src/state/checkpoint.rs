@@ -18,7 +18,9 @@
 //!
 //! Dead letters are durable before a checkpoint moves past them: each round,
 //! the checkpointer syncs the dead-letter file and, when the file is new to
-//! the run, names it in the header before it writes any segment.
+//! the run, names it in the header before it writes any segment. So are
+//! journal records: the journal is synced in the same place, and it is named
+//! in the header (`journals`) before the attempt's first write.
 //!
 //! Every row records the lock epoch of the runner that wrote it and every
 //! write is fenced (see the `fence` module). A segment row of another run — one
@@ -38,6 +40,7 @@ use crate::dynamo::value::Attrs;
 use crate::error::{Error, Result};
 use crate::state::deadletter::DeadLetter;
 use crate::state::fence::{self, Fence};
+use crate::state::journal::Journal;
 use crate::state::lease::Member;
 use crate::state::store::{check_layout, now, query_state, Counts, SCHEMA_VERSION};
 
@@ -85,6 +88,10 @@ pub struct RunState {
     /// The dead-letter file of every attempt that had a failure, in order of
     /// first use (absolute paths, on the machine that ran the attempt).
     pub dead_letters: Vec<String>,
+    /// The journal of every attempt (and, with `--join`, every process) that
+    /// wrote, named before its first write (absolute paths, on the machine
+    /// that ran it).
+    pub journals: Vec<String>,
 }
 
 impl RunState {
@@ -225,6 +232,7 @@ impl Store {
             segment_failed: vec![0; total_segments as usize],
             segment_counts: vec![Counts::default(); total_segments as usize],
             dead_letters: Vec::new(),
+            journals: Vec::new(),
         };
         self.put_header(&state).await?;
         Ok(state)
@@ -258,6 +266,7 @@ impl Store {
             segment_failed: vec![0; total_segments as usize],
             segment_counts: vec![Counts::default(); total_segments as usize],
             dead_letters: Vec::new(),
+            journals: Vec::new(),
         };
         let mut item = self.header_item(&state, &state.counts);
         item.extend(settings);
@@ -352,6 +361,18 @@ impl Store {
                 AttributeValue::L(
                     state
                         .dead_letters
+                        .iter()
+                        .map(|p| AttributeValue::S(p.clone()))
+                        .collect(),
+                ),
+            );
+        }
+        if !state.journals.is_empty() {
+            item.insert(
+                "journals".into(),
+                AttributeValue::L(
+                    state
+                        .journals
                         .iter()
                         .map(|p| AttributeValue::S(p.clone()))
                         .collect(),
@@ -600,6 +621,7 @@ fn decode_header(header: &Attrs) -> std::result::Result<RunState, String> {
         segment_failed: vec![0; total_segments as usize],
         segment_counts: vec![Counts::default(); total_segments as usize],
         dead_letters: strings("dead_letters", "dead-letter file names")?.unwrap_or_default(),
+        journals: strings("journals", "journal file names")?.unwrap_or_default(),
     })
 }
 
@@ -708,6 +730,7 @@ pub async fn checkpointer(
     mut rx: mpsc::Receiver<Ack>,
     saves: Arc<std::sync::atomic::AtomicU64>,
     dead_letter: Arc<DeadLetter>,
+    journal: Option<Arc<Journal>>,
     shared: Option<Arc<Member>>,
 ) -> Result<(RunState, u64)> {
     let mut mark = Watermark::new(state.total_segments as usize);
@@ -738,6 +761,12 @@ pub async fn checkpointer(
         }
         let named = state.dead_letters.contains(&file);
         dead_letter.sync().await?;
+        // The acknowledged pages' journal records: handed to the operating
+        // system before their writes were sent, on disk before the checkpoint
+        // moves past them.
+        if let Some(journal) = &journal {
+            journal.sync().await?;
+        }
         if !named && dead_letter.has_records().await {
             // Named before any checkpoint moves past its records; the counts
             // stay those already covered by saved checkpoints.

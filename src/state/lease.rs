@@ -718,6 +718,21 @@ impl Member {
     /// # Errors
     /// When the header cannot be written or the fence is lost.
     pub async fn name_dead_letter(&self, file: &str) -> Result<()> {
+        self.name_file("dead_letters", "dead-letter file", file)
+            .await
+    }
+
+    /// Names `file` in the run's header as this process's journal, before
+    /// the process's first write.
+    ///
+    /// # Errors
+    /// When the header cannot be written or the fence is lost.
+    pub async fn name_journal(&self, file: &str) -> Result<()> {
+        self.name_file("journals", "journal", file).await
+    }
+
+    /// Appends `file` to the header's list `attribute`, once.
+    async fn name_file(&self, attribute: &str, what: &str, file: &str) -> Result<()> {
         let fence = self.fence();
         let send = || {
             let req = self
@@ -730,7 +745,7 @@ impl Member {
                 .condition_expression(
                     "#run = :run AND (attribute_not_exists(#dl) OR NOT contains(#dl, :f))",
                 )
-                .expression_attribute_names("#dl", "dead_letters")
+                .expression_attribute_names("#dl", attribute)
                 .expression_attribute_names("#run", "run_id")
                 .expression_attribute_values(":empty", AttributeValue::L(vec![]))
                 .expression_attribute_values(
@@ -741,10 +756,7 @@ impl Member {
                 .expression_attribute_values(":run", AttributeValue::S(self.run_id.clone()));
             async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
         };
-        let what = format!(
-            "naming the dead-letter file in state table {}",
-            self.state_table
-        );
+        let what = format!("naming the {what} in state table {}", self.state_table);
         // Refused: the file is named already (another attempt of this process's path).
         fence::attempt(fence, &what, send).await.map(|_| ())
     }

@@ -84,6 +84,8 @@ pub struct Entry {
     pub schema: Option<String>,
     /// How many runs this migration had on this table.
     pub runs: u64,
+    /// The journals of the last run (absolute paths, on the machines that ran it).
+    pub journals: Vec<String>,
 }
 
 /// How a run ended, as [`Ledger::finish`] records it.
@@ -107,6 +109,8 @@ pub struct Finished<'a> {
     pub schema: Option<&'a str>,
     /// The dead-letter files of every attempt.
     pub dead_letters: &'a [std::path::PathBuf],
+    /// The journals of every attempt (what `dynbulk revert` reads).
+    pub journals: &'a [std::path::PathBuf],
     /// The run's id, for a run shared with `--join` (recorded once: see
     /// [`Ledger::finish_shared`]).
     pub run_id: Option<&'a str>,
@@ -476,6 +480,17 @@ impl Ledger {
                 ),
             );
         }
+        if !run.journals.is_empty() {
+            item.insert(
+                "journals".into(),
+                AttributeValue::L(
+                    run.journals
+                        .iter()
+                        .map(|p| s(&p.to_string_lossy()))
+                        .collect(),
+                ),
+            );
+        }
         if let Some(id) = run.run_id {
             item.insert("run_id".into(), s(id));
         }
@@ -557,6 +572,14 @@ impl Ledger {
             counts: Counts::load(|k| Ok::<_, Error>(get_n(k)))?,
             schema: get_s("schema"),
             runs: get_n("runs"),
+            journals: match item.get("journals") {
+                Some(AttributeValue::L(l)) => l
+                    .iter()
+                    .map(|v| v.as_s().ok().cloned())
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| bad("has malformed journal file names"))?,
+                _ => Vec::new(),
+            },
         })
     }
 }

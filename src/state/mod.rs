@@ -10,10 +10,12 @@
 //! - [`lease`]: a run shared with `run --join`: membership and segment leases.
 //! - [`deadletter`]: the JSON-lines file of failed items (written by runs, read by `replay`).
 //! - [`replay`]: where `dynbulk replay` stands in each dead-letter file.
+//! - [`journal`]: the compressed record of what every write changed, for `revert`.
 
 pub mod checkpoint;
 pub mod deadletter;
 pub(crate) mod fence;
+pub mod journal;
 pub mod lease;
 pub mod ledger;
 pub mod lock;

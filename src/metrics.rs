@@ -61,7 +61,14 @@ pub const STATES: &[&str] = &["running", "stopped", "done", "failed"];
 
 /// Every DynamoDB operation dynbulk meters (the `op` label of [`THROTTLED`],
 /// [`RETRIES`] and [`LATENCY`]); [`request`] checks it in debug builds.
-pub const OPS: &[&str] = &["Scan", "UpdateItem", "DeleteItem", "GetItem", "Query"];
+pub const OPS: &[&str] = &[
+    "Scan",
+    "UpdateItem",
+    "DeleteItem",
+    "GetItem",
+    "Query",
+    "PutItem",
+];
 
 /// Reasons a request is retried (the `reason` label of [`RETRIES`]).
 pub const RETRY_REASONS: &[&str] = &["throttle", "transient"];

@@ -67,7 +67,8 @@ consumed!(
     aws_sdk_dynamodb::operation::query::QueryOutput,
     aws_sdk_dynamodb::operation::get_item::GetItemOutput,
     aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
-    aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput
+    aws_sdk_dynamodb::operation::delete_item::DeleteItemOutput,
+    aws_sdk_dynamodb::operation::put_item::PutItemOutput
 );
 
 #[cfg(test)]

@@ -21,9 +21,9 @@ use crate::report::Outcome;
 use crate::run;
 use crate::state::ledger;
 
-const EXIT_ITEM_FAILURES: u8 = 1;
+pub(super) const EXIT_ITEM_FAILURES: u8 = 1;
 pub(super) const EXIT_FATAL: u8 = 2;
-const EXIT_LOCK_LOST: u8 = 3;
+pub(super) const EXIT_LOCK_LOST: u8 = 3;
 pub(super) const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs `cli` over `migrations` (already checked, in id order).
@@ -81,6 +81,7 @@ async fn dispatch(command: Command, migrations: &[Arc<dyn Migration>]) -> anyhow
         Command::Run(args) => run_command(args, migrations).await,
         Command::Verify(args) => verify::command(args, migrations).await,
         Command::Status(args) => status_command(args, migrations).await,
+        Command::Revert(args) => super::revert::command(args, migrations).await,
         Command::List => {
             for m in migrations {
                 println!(

@@ -18,6 +18,7 @@
 //! - `signal`: Ctrl-C and SIGTERM.
 //! - `status`: the `status` listing.
 //! - `verify`: `verify`, a scan that proves nothing is left to change.
+//! - `revert`: `revert`'s flags, confirmation and report.
 //! - `scaffold`: `init --rust` (a migrations crate) and `new` (a migration file).
 
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ use crate::state::store::DEFAULT_STATE_TABLE;
 mod dispatch;
 mod plan;
 mod progress;
+mod revert;
 mod scaffold;
 mod signal;
 mod status;
@@ -85,6 +87,7 @@ pub fn run_cli(migrator: impl Migrator) -> ExitCode {
             | Command::Status(_)
             | Command::List
             | Command::Replay(_)
+            | Command::Revert(_)
     ) {
         match crate::script::migrations(&cli.script_folder(), cli.script_limits()) {
             Ok(scripts) => migrations.extend(scripts),
@@ -244,6 +247,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show each migration's status on its table: applied, pending, failed or in progress.
     Status(StatusArgs),
+    /// Undo a run: put back, from its journal, the values its writes changed,
+    /// wherever the application has not written since (those items are
+    /// reported, not reverted). Resumable; asks first unless --yes.
+    Revert(revert::RevertArgs),
     /// List the migrations of this build and of the migrations folder (--migrations-dir).
     List,
     /// Create a new migration file dated today: a TypeScript file in the

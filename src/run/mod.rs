@@ -15,6 +15,8 @@
 //! - `outcome`: how the run ended: outcome, ledger status, run-state metric.
 //! - [`replay`](replay()): `dynbulk replay`, the migration applied again to the keys of
 //!   dead-letter files, with the run's writer, resumable, recorded in the ledger.
+//! - [`revert`]: `dynbulk revert`: a run's journals put back where the
+//!   application has not written since.
 
 use std::sync::Arc;
 
@@ -36,6 +38,7 @@ pub mod plan;
 mod prepare;
 mod replay;
 mod resume;
+pub mod revert;
 
 pub use plan::{
     JournalPlace, Limit, Limits, Plan, Prepared, DEFAULT_PROVISIONED_SHARE, DEFAULT_RETRY_BUDGET,

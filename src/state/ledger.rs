@@ -37,6 +37,10 @@ pub enum Status {
     /// The last run stopped before the end; its checkpoints are saved and
     /// `dynbulk run` resumes it.
     Stopped,
+    /// `dynbulk revert` started and has not finished (running now, stopped,
+    /// or died): the same revert command resumes it; `dynbulk run` applies
+    /// the migration again.
+    Reverting,
 }
 
 impl Status {
@@ -48,6 +52,7 @@ impl Status {
             Status::Applied => "applied",
             Status::Failed => "failed",
             Status::Stopped => "stopped",
+            Status::Reverting => "reverting",
         }
     }
 
@@ -58,6 +63,7 @@ impl Status {
             "applied" => Status::Applied,
             "failed" => Status::Failed,
             "stopped" => Status::Stopped,
+            "reverting" => Status::Reverting,
             _ => return None,
         })
     }
@@ -493,6 +499,74 @@ impl Ledger {
         }
         if let Some(id) = run.run_id {
             item.insert("run_id".into(), s(id));
+        }
+        item
+    }
+
+    /// Records that a revert of the run `entry` records started: the entry
+    /// keeps its run's fields and journals (a resumed revert reads them),
+    /// with status `reverting`. `journals` are the files being reverted.
+    ///
+    /// # Errors
+    /// When the state table cannot be written, or the lock was lost.
+    pub async fn reverting(
+        &self,
+        table: &str,
+        migration: &str,
+        entry: Option<&Entry>,
+        journals: &[String],
+        fence: &Fence,
+    ) -> Result<()> {
+        let mut item = self.revert_item(table, migration, entry, Status::Reverting);
+        if !journals.is_empty() {
+            item.insert(
+                "journals".into(),
+                AttributeValue::L(journals.iter().map(|j| s(j)).collect()),
+            );
+        }
+        self.put(item, fence).await
+    }
+
+    /// Records a finished revert: the migration is pending again (a later
+    /// `dynbulk run` applies it again); the journals, spent, are no longer
+    /// named; `reverted` items were put back.
+    ///
+    /// # Errors
+    /// When the state table cannot be written, or the lock was lost.
+    pub async fn reverted(
+        &self,
+        table: &str,
+        migration: &str,
+        entry: Option<&Entry>,
+        reverted: u64,
+        fence: &Fence,
+    ) -> Result<()> {
+        let mut item = self.revert_item(table, migration, entry, Status::Pending);
+        item.insert("reverted_at".into(), s(&now()));
+        item.insert("reverted".into(), n(reverted));
+        self.put(item, fence).await
+    }
+
+    fn revert_item(
+        &self,
+        table: &str,
+        migration: &str,
+        entry: Option<&Entry>,
+        status: Status,
+    ) -> Attrs {
+        let mut item = self.base(table, migration);
+        item.insert("status".into(), s(status.as_str()));
+        if let Some(e) = entry {
+            item.insert("started_at".into(), s(&e.started_at));
+            if let Some(t) = &e.finished_at {
+                item.insert("finished_at".into(), s(t));
+            }
+            item.insert("runner".into(), s(&e.runner));
+            item.insert("runs".into(), n(e.runs));
+            e.counts.store(&mut item);
+            if let Some(schema) = &e.schema {
+                item.insert("schema".into(), s(schema));
+            }
         }
         item
     }

@@ -741,3 +741,94 @@ fn sample_update(key: &Attrs, old: &Attrs, change: &Change, e: &Expr) -> Sample 
         change: SampleChange::Update(changes),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn n(v: &str) -> AttributeValue {
+        AttributeValue::N(v.into())
+    }
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.into())
+    }
+
+    #[test]
+    fn an_update_journals_each_changed_attribute_before_and_after_and_the_version() {
+        let keys = vec!["pk".to_string()];
+        let old: Attrs = HashMap::from([
+            ("pk".into(), s("a")),
+            ("x".into(), n("1")),
+            ("gone".into(), s("old")),
+            ("same".into(), s("kept")),
+            ("v".into(), n("41")),
+        ]);
+        let update = crate::migration::Update {
+            set: BTreeMap::from([
+                ("x".into(), n("2")),
+                ("new".into(), s("added")),
+                ("same".into(), s("kept")),
+            ]),
+            remove: BTreeSet::from(["gone".into(), "absent".into()]),
+        };
+        let change = Change::Update(update);
+        let guard = diff::Guard {
+            version: Some("v".into()),
+            filter: None,
+        };
+        let planned = diff::plan(&keys, &old, &BTreeSet::new(), &change, &guard).unwrap();
+        let key = diff::key_of(&keys, &old);
+        let journal::Record::Update {
+            key: k,
+            before,
+            after,
+        } = intent(&key, &old, &change, &planned, Some("v"))
+        else {
+            panic!("an update journals an update");
+        };
+        assert_eq!(k, key);
+        // Only what the write changes: not "same" (unchanged), not "absent".
+        assert_eq!(
+            before,
+            BTreeMap::from([
+                ("x".into(), Some(n("1"))),
+                ("new".into(), None),
+                ("gone".into(), Some(s("old"))),
+                ("v".into(), Some(n("41"))),
+            ])
+        );
+        assert_eq!(
+            after,
+            BTreeMap::from([
+                ("x".into(), Some(n("2"))),
+                ("new".into(), Some(s("added"))),
+                ("gone".into(), None),
+                ("v".into(), Some(n("42"))),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_delete_journals_the_whole_item() {
+        let keys = vec!["pk".to_string()];
+        let old: Attrs = HashMap::from([("pk".into(), s("a")), ("x".into(), n("1"))]);
+        let planned = diff::plan(
+            &keys,
+            &old,
+            &BTreeSet::new(),
+            &Change::Delete,
+            &diff::Guard::default(),
+        )
+        .unwrap();
+        let key = diff::key_of(&keys, &old);
+        assert_eq!(
+            intent(&key, &old, &Change::Delete, &planned, None),
+            journal::Record::Delete {
+                key,
+                item: old.clone()
+            }
+        );
+    }
+}

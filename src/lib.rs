@@ -28,8 +28,9 @@
 //! - [`run`]: one migration's run (orchestration): the `Plan` and the prepared plan,
 //!   resume or start, one attempt's steps (ledger, lock, schema step, data step,
 //!   record of the end), a process's part in a run shared with `--join`, the
-//!   pipeline's tasks, the pure decisions (limits, resume, outcome), and
-//!   `replay` of dead-lettered keys through the run's writer.
+//!   pipeline's tasks, the pure decisions (limits, resume, outcome),
+//!   `replay` of dead-lettered keys through the run's writer, and `revert` of a
+//!   run from its journals.
 //! - [`script`]: TypeScript/JavaScript migrations from the migrations folder, loaded
 //!   at start-up and run beside the Rust ones on sandboxed QuickJS engines (one per
 //!   script thread); TypeScript is type-stripped in-process.
@@ -38,7 +39,8 @@
 //! - [`state`]: the state table: its plumbing (`store`: layout, timestamps, counts,
 //!   partition reads), the ledger, checkpoints and the watermark, the lock and its
 //!   fence, a shared run's membership and segment leases, where a replay stands
-//!   in each dead-letter file; and the dead-letter file (written and read back).
+//!   in each dead-letter file; the dead-letter file (written and read back) and
+//!   the journal of what every write changed (written ahead of the writes).
 //! - [`capacity`]: capacity budgets (governor ceiling + adaptive working rate), the
 //!   cost model (units per read and write, Scan page size), backoff, and each
 //!   process's share of a run's limits when the run is shared (`--join`).

@@ -132,7 +132,9 @@ async fn setup(prefix: &str, count: usize) -> Setup {
 impl Setup {
     fn command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = dynbulk();
-        cmd.arg("--migrations-dir")
+        // The default: next to the dead-letter file.
+        cmd.env_remove("DYNBULK_JOURNAL_DIR")
+            .arg("--migrations-dir")
             .arg(self.scripts.path())
             .args(args)
             .args(["--migration", ID, "--table", &self.table.name])

@@ -463,12 +463,13 @@ pub struct JournalArgs {
     /// file's directory.
     #[arg(
         long,
+        env = "DYNBULK_JOURNAL_DIR",
         value_name = "DIR",
-        conflicts_with = "no_journal",
         help_heading = "Journal"
     )]
     pub journal: Option<PathBuf>,
-    /// Keep no journal: the run cannot be reverted with `dynbulk revert`.
+    /// Keep no journal: the run cannot be reverted with `dynbulk revert`
+    /// (wins over --journal).
     #[arg(long, help_heading = "Journal")]
     pub no_journal: bool,
 }

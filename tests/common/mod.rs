@@ -32,6 +32,11 @@ pub fn dead_letter_file() -> PathBuf {
     std::env::temp_dir().join(format!("{}.jsonl", unique("dl")))
 }
 
+/// Where the binary's runs journal in tests (unless a test says otherwise).
+pub fn journal_dir() -> PathBuf {
+    std::env::temp_dir().join("dynbulk-test-journals")
+}
+
 /// A test run's plan: state in `state`, a fresh dead-letter file, no capacity
 /// limit; a test sets what it is about with `..test_plan(&state)`.
 pub fn test_plan(state: &TestTable) -> Plan {
@@ -184,7 +189,9 @@ pub fn program(path: impl AsRef<std::ffi::OsStr>) -> Command {
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true");
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        // Runs started from the repository would journal into it.
+        .env("DYNBULK_JOURNAL_DIR", journal_dir());
     cmd
 }
 

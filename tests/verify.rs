@@ -138,6 +138,11 @@ async fn verify_counts_what_is_left_before_a_run_nothing_after_it_and_old_shape_
         "{stdout}"
     );
     assert!(!table_exists(&client, &state.name).await);
+    // No write limit was given (none is needed) and the plan says why.
+    assert!(
+        stdout.contains("write limit:    none needed: verify sends no write"),
+        "{stdout}"
+    );
 
     // The run, then verify: complete, with the ledger saying applied (so
     // verify did not skip: it scanned every item).

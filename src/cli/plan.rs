@@ -9,7 +9,7 @@ use crate::run::Prepared;
 use crate::util::human_duration;
 
 /// The printed plan, one line per fact in the order shown. One function on
-/// purpose (about 105 lines): it reads as the output it prints, and splitting
+/// purpose (about 110 lines): it reads as the output it prints, and splitting
 /// it would scatter that layout over helpers.
 impl fmt::Display for Prepared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,7 +86,11 @@ impl fmt::Display for Prepared {
             )?,
         }
         writeln!(f, "  read limit:     {}", limit(self.read_limit, "RCU"))?;
-        writeln!(f, "  write limit:    {}", limit(self.write_limit, "WCU"))?;
+        if self.plan.verify {
+            writeln!(f, "  write limit:    none needed: verify sends no write")?;
+        } else {
+            writeln!(f, "  write limit:    {}", limit(self.write_limit, "WCU"))?;
+        }
         for note in &self.limit_notes {
             writeln!(f, "                  {note}")?;
         }

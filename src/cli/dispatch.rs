@@ -11,20 +11,19 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use tokio_util::sync::CancellationToken;
 
+use super::select::{
+    endpoint_note, hold_metrics, targets, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_ITEM_FAILURES,
+    EXIT_LOCK_LOST,
+};
 use super::{progress, signal};
 use super::{scaffold, status, verify};
-use super::{Cli, Command, ConnectionArgs, InitArgs, LogFormat, NewArgs, ObservabilityArgs};
+use super::{Cli, Command, InitArgs, LogFormat, NewArgs};
 use super::{ReplayArgs, RunArgs, StatusArgs};
 use crate::dynamo::client;
 use crate::migration::Migration;
 use crate::report::Outcome;
 use crate::run;
 use crate::state::ledger;
-
-pub(super) const EXIT_ITEM_FAILURES: u8 = 1;
-pub(super) const EXIT_FATAL: u8 = 2;
-pub(super) const EXIT_LOCK_LOST: u8 = 3;
-pub(super) const EXIT_INTERRUPTED: u8 = 130;
 
 /// Runs `cli` over `migrations` (already checked, in id order).
 pub(super) fn main(mut cli: Cli, migrations: Vec<Arc<dyn Migration>>) -> ExitCode {
@@ -167,28 +166,6 @@ fn init_command(args: InitArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Picks the migrations to run: one by id, or all in id order.
-fn selected(
-    all: &[Arc<dyn Migration>],
-    id: Option<&str>,
-) -> anyhow::Result<Vec<Arc<dyn Migration>>> {
-    match id {
-        None => Ok(all.to_vec()),
-        Some(id) => all
-            .iter()
-            .find(|m| m.id() == id)
-            .cloned()
-            .map(|m| vec![m])
-            .ok_or_else(|| {
-                let known: Vec<_> = all.iter().map(|m| m.id()).collect();
-                anyhow!(
-                "unknown migration {id:?}; registered migrations: {}. `dynbulk list` shows them",
-                known.join(", ")
-            )
-            }),
-    }
-}
-
 async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow::Result<u8> {
     let plan = args.plan();
     if let Some(addr) = args.observability.metrics_addr {
@@ -258,36 +235,6 @@ async fn run_command(args: RunArgs, migrations: &[Arc<dyn Migration>]) -> anyhow
     Ok(code)
 }
 
-/// The migrations to run (`migration`, else all), each with its table
-/// (`table`, else its own): resolved before anything is touched.
-pub(super) fn targets(
-    migration: Option<&str>,
-    table: Option<&str>,
-    migrations: &[Arc<dyn Migration>],
-) -> anyhow::Result<Vec<(Arc<dyn Migration>, String)>> {
-    selected(migrations, migration)?
-        .into_iter()
-        .map(|m| {
-            let table = table
-                .map(str::to_owned)
-                .or_else(|| m.table().map(str::to_owned))
-                .ok_or_else(|| anyhow!("migration {} names no table; pass --table NAME", m.id()))?;
-            Ok((m, table))
-        })
-        .collect()
-}
-
-/// " at <endpoint>" for error messages, when one is configured.
-pub(super) fn endpoint_note(connection: &ConnectionArgs) -> String {
-    connection
-        .endpoint_url
-        .clone()
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL_DYNAMODB").ok())
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-        .map(|e| format!(" at {e}"))
-        .unwrap_or_default()
-}
-
 /// What `--restart` would throw away, if anything, for the operator to confirm.
 fn discarded_by_restart(prepared: &run::Prepared) -> Option<String> {
     let (id, table) = (prepared.migration.id(), &prepared.table.name);
@@ -302,13 +249,6 @@ fn discarded_by_restart(prepared: &run::Prepared) -> Option<String> {
             "the unreadable run state of {id} on {table} ({problem})"
         )),
         (None, None) => None,
-    }
-}
-
-/// Keeps the process (and its /metrics endpoint) alive for `--metrics-hold`.
-pub(super) async fn hold_metrics(observability: &ObservabilityArgs) {
-    if observability.metrics_addr.is_some() && observability.metrics_hold > 0 {
-        tokio::time::sleep(std::time::Duration::from_secs(observability.metrics_hold)).await;
     }
 }
 

@@ -38,6 +38,7 @@ mod plan;
 mod progress;
 mod revert;
 mod scaffold;
+mod select;
 mod signal;
 mod status;
 mod verify;
@@ -73,7 +74,7 @@ pub fn run_cli(migrator: impl Migrator) -> ExitCode {
             // What clap's own `exit` does (help and version to stdout with
             // code 0, usage errors to stderr with code 2), without exiting.
             let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(dispatch::EXIT_FATAL));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(select::EXIT_FATAL));
         }
     };
     // Script migrations join the embedding program's for the commands that
@@ -93,7 +94,7 @@ pub fn run_cli(migrator: impl Migrator) -> ExitCode {
             Ok(scripts) => migrations.extend(scripts),
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(dispatch::EXIT_FATAL);
+                return ExitCode::from(select::EXIT_FATAL);
             }
         }
     }
@@ -101,7 +102,7 @@ pub fn run_cli(migrator: impl Migrator) -> ExitCode {
         Ok(migrations) => dispatch::main(cli, migrations),
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(dispatch::EXIT_FATAL)
+            ExitCode::from(select::EXIT_FATAL)
         }
     }
 }

@@ -114,7 +114,7 @@ pub(super) async fn command(
         confirm(&args, &table)?;
     }
     let shutdown = CancellationToken::new();
-    signal::stop_on_signals(shutdown.clone(), super::dispatch::EXIT_INTERRUPTED);
+    signal::stop_on_signals(shutdown.clone(), super::select::EXIT_INTERRUPTED);
     let context = || {
         format!(
             "revert of migration {} on table {table} failed",
@@ -125,17 +125,17 @@ pub(super) async fn command(
         Ok(r) => r,
         Err(crate::Error::LockLost(why)) => {
             eprintln!("error: {}: lost the lock: {why}", context());
-            return Ok(super::dispatch::EXIT_LOCK_LOST);
+            return Ok(super::select::EXIT_LOCK_LOST);
         }
         Err(e) => return Err(anyhow::Error::new(e)).with_context(context),
     };
     print!("{report}");
     if shutdown.is_cancelled() && !report.complete {
-        return Ok(super::dispatch::EXIT_INTERRUPTED);
+        return Ok(super::select::EXIT_INTERRUPTED);
     }
     let c = report.counts;
     Ok(if c.changed > 0 || c.failed > 0 {
-        super::dispatch::EXIT_ITEM_FAILURES
+        super::select::EXIT_ITEM_FAILURES
     } else {
         0
     })

@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context};
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::dispatch::{endpoint_note, hold_metrics, targets, EXIT_INTERRUPTED};
+use super::select::{endpoint_note, hold_metrics, targets, EXIT_INTERRUPTED};
 use super::{progress, signal};
 use super::{
     CapacityArgs, ConnectionArgs, ErrorArgs, ObservabilityArgs, StateArgs, ThroughputArgs,

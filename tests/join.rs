@@ -356,6 +356,28 @@ async fn a_process_paused_past_its_lease_cannot_move_a_checkpoint_it_no_longer_h
     assert_recorded_once(&state.name, &table.name).await;
 }
 
+/// The processes together, in any 10-second window of writes through
+/// `proxy`: within the run's limit (`limit` WCU/s) + 5%, and at 90% of it or
+/// more in the busiest one.
+fn assert_busiest_window_near(proxy: &Proxy, limit: f64) {
+    let stats = proxy.stats();
+    let busiest = stats.max_window(proxy::Kind::Write, 10.0);
+    println!(
+        "busiest 10 s: {busiest} WCU of {}; whole run: {} WCU in {:.1} s",
+        limit * 10.0,
+        stats.total(proxy::Kind::Write).units,
+        stats.last(proxy::Kind::Write)
+    );
+    assert!(
+        busiest <= limit * 10.0 * 1.05,
+        "{busiest} WCU in 10 s against a limit of {limit}/s"
+    );
+    assert!(
+        busiest >= limit * 10.0 * 0.9,
+        "{busiest} WCU in the busiest 10 s against a limit of {limit}/s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_processes_share_one_capacity_limit() {
     const MANY: u64 = 4_500;
@@ -375,24 +397,7 @@ async fn three_processes_share_one_capacity_limit() {
         assert_eq!(code, Some(0), "process {i}\n{out}\n{err}");
     }
     assert_migrated(&table.name, &items).await;
-    let stats = proxy.stats();
-    // The three processes together, in any 10-second window: within the
-    // run's limit + 5%, and at 90% of it or more while they all run.
-    let busiest = stats.max_window(proxy::Kind::Write, 10.0);
-    println!(
-        "busiest 10 s: {busiest} WCU of {}; whole run: {} WCU in {:.1} s",
-        LIMIT * 10.0,
-        stats.total(proxy::Kind::Write).units,
-        stats.last(proxy::Kind::Write)
-    );
-    assert!(
-        busiest <= LIMIT * 10.0 * 1.05,
-        "{busiest} WCU in 10 s against a limit of {LIMIT}/s"
-    );
-    assert!(
-        busiest >= LIMIT * 10.0 * 0.9,
-        "{busiest} WCU in the busiest 10 s against a limit of {LIMIT}/s"
-    );
+    assert_busiest_window_near(&proxy, LIMIT);
 }
 
 /// Waits until the proxy has served `units` WCU of writes to the data table,
@@ -453,22 +458,7 @@ async fn the_capacity_limit_holds_while_processes_join_and_leave() {
     assert_eq!(entry.status, Status::Applied, "{entry:?}");
     assert_eq!(entry.runs, 1, "one run: {entry:?}");
     assert_eq!(entry.counts.scanned, MANY, "{entry:?}");
-    let stats = proxy.stats();
-    let busiest = stats.max_window(proxy::Kind::Write, 10.0);
-    println!(
-        "busiest 10 s: {busiest} WCU of {}; whole run: {} WCU in {:.1} s",
-        LIMIT * 10.0,
-        stats.total(proxy::Kind::Write).units,
-        stats.last(proxy::Kind::Write)
-    );
-    assert!(
-        busiest <= LIMIT * 10.0 * 1.05,
-        "{busiest} WCU in 10 s against a limit of {LIMIT}/s"
-    );
-    assert!(
-        busiest >= LIMIT * 10.0 * 0.9,
-        "{busiest} WCU in the busiest 10 s against a limit of {LIMIT}/s"
-    );
+    assert_busiest_window_near(&proxy, LIMIT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

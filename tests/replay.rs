@@ -5,7 +5,7 @@
 mod common;
 mod proxy;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -214,6 +214,136 @@ async fn replay_recovers_the_dead_letters_of_a_failing_run_once_the_cause_is_fix
             .is_empty(),
         "a finished replay's position is deleted"
     );
+    assert!(text.contains("journal:"), "{text}");
+
+    // Revert undoes the replay's writes with the run's: every item is as
+    // before the run (the deleted one stays deleted).
+    let mut args = vec!["revert", "--migration", ID, "--yes"];
+    args.extend(common);
+    args.extend(limits);
+    let out = dynbulk_at(&endpoint(), dir.path(), &args);
+    assert_eq!(out.status.code(), Some(0));
+    assert_as_before_the_run(&table.name, 90, 1..30).await;
+    let entry = ledger(&state.name, &table.name).await;
+    assert_eq!(entry.status, Status::Pending, "{entry:?}");
+}
+
+/// Asserts that `table` holds exactly the items [`table`] made: `ok` plain
+/// ones and the legacy ones numbered `legacy`, none migrated.
+async fn assert_as_before_the_run(table: &str, ok: usize, legacy: std::ops::Range<usize>) {
+    let pk = |i: &Attrs| i["pk"].as_s().unwrap().clone();
+    let mut before: BTreeMap<String, Attrs> = (0..ok)
+        .map(|i| Attrs::from([("pk".into(), s(&format!("ok#{i:04}")))]))
+        .map(|i| (pk(&i), i))
+        .collect();
+    before.extend(legacy.map(|i| {
+        let item = Attrs::from([
+            ("pk".into(), s(&format!("legacy#{i:04}"))),
+            ("kind".into(), s("legacy")),
+        ]);
+        (pk(&item), item)
+    }));
+    let now: BTreeMap<String, Attrs> = read_all(&client(), table)
+        .await
+        .into_values()
+        .map(|i| (pk(&i), i))
+        .collect();
+    let wrong: Vec<(&String, Option<&Attrs>)> = before
+        .keys()
+        .chain(now.keys())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| now.get(*k) != before.get(*k))
+        .map(|k| (k, now.get(k)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} items are not as before the run: {wrong:?}",
+        wrong.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_between_two_attempts_of_a_run_is_reverted_with_the_run() {
+    let table = table("replay-mid", 200, 40).await;
+    let state = TestTable::named("state");
+    let dir = folder(BUGGY);
+    let files = tempfile::tempdir().unwrap();
+    let dead = files.path().join("run.jsonl");
+    let dead_str = dead.to_str().unwrap();
+    let common = ["--table", &table.name, "--state-table", &state.name];
+    let limits = ["--rcu-limit", "1000", "--wcu-limit", "1000"];
+    let mut run = vec!["run", "--migration", ID, "--progress", "off"];
+    run.extend(common);
+    run.extend(limits);
+
+    // The first attempt stops on its error budget: the run is unfinished.
+    let mut first = run.clone();
+    first.extend(["--max-errors", "3", "--segments", "1", "--workers", "1"]);
+    first.extend(["--dead-letter", dead_str]);
+    let out = dynbulk_at(&endpoint(), dir.path(), &first);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "stopped: more than --max-errors"
+    );
+    let header = format!("run#{}#{ID}", table.name);
+    assert!(
+        !query_partition(&state.name, &header).await.is_empty(),
+        "the stopped run keeps its state"
+    );
+    let failed = dead_keys(&dead);
+    assert!(failed.len() > 3, "{failed:?}");
+
+    // Fixed, its dead letters are replayed before the run is resumed.
+    write_migration(dir.path(), FIXED);
+    let mut replay = vec!["replay", dead_str, "--state-table", &state.name];
+    replay.extend(limits);
+    let unused = files.path().join("replay.jsonl");
+    replay.extend(["--dead-letter", unused.to_str().unwrap()]);
+    let out = dynbulk_at(&endpoint(), dir.path(), &replay);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(count(&stdout(&out), "recovered"), failed.len() as u64);
+    assert!(
+        stdout(&out).contains("dynbulk revert undoes these writes"),
+        "the replay's journal is named"
+    );
+    let entry = ledger(&state.name, &table.name).await;
+    assert_eq!(
+        (entry.status, entry.counts.failed),
+        (Status::Stopped, 0),
+        "the run is unfinished: stopped, not applied: {entry:?}"
+    );
+
+    // The resumed run finishes; its ledger entry names every journal.
+    let second_dead = files.path().join("second.jsonl");
+    let mut second = run.clone();
+    second.extend(["--dead-letter", second_dead.to_str().unwrap()]);
+    let out = dynbulk_at(&endpoint(), dir.path(), &second);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(unmigrated(&table.name).await, (BTreeSet::new(), 240));
+    let entry = ledger(&state.name, &table.name).await;
+    assert_eq!(entry.status, Status::Applied, "{entry:?}");
+    assert_eq!(
+        (entry.counts.failed, entry.counts.updated),
+        (0, 240),
+        "the replayed items count as updated, once: {entry:?}"
+    );
+    assert_eq!(
+        entry.journals.len(),
+        3,
+        "two attempts and the replay: {entry:?}"
+    );
+
+    // Revert undoes the first attempt, the replay and the second attempt.
+    let mut revert = vec!["revert", "--migration", ID, "--yes"];
+    revert.extend(common);
+    revert.extend(limits);
+    assert_eq!(
+        dynbulk_at(&endpoint(), dir.path(), &revert).status.code(),
+        Some(0)
+    );
+    assert_as_before_the_run(&table.name, 200, 0..40).await;
 }
 
 /// The items of one partition of the state table.

@@ -459,9 +459,9 @@ pub struct ErrorArgs {
 /// The journal of what every write changed, which `dynbulk revert` puts back.
 #[derive(Debug, Clone, Args)]
 pub struct JournalArgs {
-    /// The directory of the run's journal (one compressed file per process
-    /// and attempt, readable by its owner only); default: the dead-letter
-    /// file's directory.
+    /// The directory of the journal of every write (one compressed file per
+    /// process and attempt, readable by its owner only); default: the
+    /// dead-letter file's directory.
     #[arg(
         long,
         env = "DYNBULK_JOURNAL_DIR",
@@ -469,7 +469,7 @@ pub struct JournalArgs {
         help_heading = "Journal"
     )]
     pub journal: Option<PathBuf>,
-    /// Keep no journal: the run cannot be reverted with `dynbulk revert`
+    /// Keep no journal: these writes cannot be reverted with `dynbulk revert`
     /// (wins over --journal).
     #[arg(long, help_heading = "Journal")]
     pub no_journal: bool,
@@ -590,6 +590,9 @@ pub struct ReplayArgs {
     /// Errors.
     #[command(flatten)]
     pub errors: ErrorArgs,
+    /// Journal.
+    #[command(flatten)]
+    pub journal: JournalArgs,
     /// The migration's lock lease (as for run).
     #[arg(long, hide = true, env = "DYNBULK_LEASE", default_value = "15s", value_parser = parse_duration)]
     pub lease: std::time::Duration,
@@ -609,8 +612,7 @@ impl ReplayArgs {
             rerun: false,
             max_errors: Some(self.errors.max_errors),
             dead_letter: self.errors.dead_letter(),
-            // A replay's writes are not journaled (yet): revert does not undo them.
-            journal: crate::run::JournalPlace::Off,
+            journal: self.journal.place(),
             state_table: self.state.state_table.clone(),
             backoff: Default::default(),
             retry_budget: self.errors.retry_budget,

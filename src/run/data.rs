@@ -104,7 +104,7 @@ impl Step<'_> {
             shutdown: self.shutdown,
             stats: stats.clone(),
             dead_letter: dead_letter.clone(),
-            failed_before: state.as_ref().map_or(0, |s| s.counts.failed),
+            failed_before: state.as_ref().map_or(0, |s| s.totals().failed),
             budgets: budgets.clone(),
             acks,
             starts: match &state {
@@ -219,7 +219,7 @@ async fn join_checkpointer(
     match task.await {
         Ok(Ok((final_state, writes))) => {
             report.state_writes = writes;
-            report.total = Some(final_state.counts);
+            report.total = Some(final_state.totals());
             return Some(final_state);
         }
         Ok(Err(e)) => {

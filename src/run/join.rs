@@ -473,7 +473,7 @@ async fn finish(
     let record = Finished {
         table: &report.table,
         migration: &report.migration,
-        status: if run.counts.failed > 0 {
+        status: if run.totals().failed > 0 {
             Status::Failed
         } else {
             Status::Applied
@@ -481,7 +481,7 @@ async fn finish(
         runner: &runner,
         started_at: &run.started_at,
         runs,
-        counts: run.counts,
+        counts: run.totals(),
         schema: report.schema.as_deref(),
         dead_letters: &dead_letters,
         journals: &run
@@ -496,7 +496,7 @@ async fn finish(
         tracing::info!(table = %report.table, migration = %report.migration, run = %run.run_id, "recorded the shared run in the ledger; deleting its state");
         store.delete().await?;
     }
-    report.total = Some(run.counts);
+    report.total = Some(run.totals());
     report.dead_letters = dead_letters;
     report.journals = run.journals.iter().map(std::path::PathBuf::from).collect();
     Ok(())

@@ -180,13 +180,14 @@ fn writer(
 }
 
 /// The writer a run of `prepared` would use (same guard, projection,
-/// retry budget), for writes outside a scan: `dynbulk replay`.
+/// retry budget), for writes outside a scan: `dynbulk replay`, journaling
+/// to `journal`.
 pub(super) fn writer_for(
     client: &Client,
     prepared: &Prepared,
-    stats: Arc<Stats>,
-    budgets: Arc<Budgets>,
+    (stats, budgets): (Arc<Stats>, Arc<Budgets>),
     fence: Option<Fence>,
+    journal: Option<Arc<Journal>>,
 ) -> Writer {
     let plan = &prepared.plan;
     let (options, guard) = scan_and_guard(prepared.migration.as_ref(), plan);
@@ -194,15 +195,18 @@ pub(super) fn writer_for(
         budget: Some(plan.retry_budget),
         ..plan.backoff
     };
-    writer(
-        client,
-        prepared,
-        &options,
-        guard,
-        backoff,
-        (stats, budgets),
-        fence,
-    )
+    Writer {
+        journal,
+        ..writer(
+            client,
+            prepared,
+            &options,
+            guard,
+            backoff,
+            (stats, budgets),
+            fence,
+        )
+    }
 }
 
 /// Scans every segment not yet done from where it stands, at most

@@ -6,7 +6,10 @@
 //! transform, conditional write guarded by what the transform read, conflict
 //! rounds, capacity budgets, retry budget. A key whose item no longer exists
 //! is reported, never recreated. Items that fail again go to a new
-//! dead-letter file.
+//! dead-letter file. The writes are journaled like a run's, in a journal
+//! named (before the first write) in the migration's unfinished run, if
+//! there is one, else in its ledger entry, so that `dynbulk revert` undoes
+//! them with the run's.
 //!
 //! Per (file, table, migration), under the migration's lock (a replay and a
 //! run of the same migration never overlap): the records are replayed in
@@ -16,7 +19,10 @@
 //! appears twice in a file is replayed once. At the end the ledger's failed
 //! count for the migration goes down by the items recovered and those that
 //! no longer exist, once (see
-//! [`crate::state::ledger::Ledger::recover`]), and the position is deleted.
+//! [`crate::state::ledger::Ledger::recover`]); an unfinished run records
+//! them too, so that its totals count them as settled when it completes
+//! ([`crate::state::checkpoint::Store::record_replay`]). Then the position
+//! is deleted.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -35,8 +41,10 @@ use crate::error::Error;
 use crate::migration::Migration;
 use crate::pipeline::write::{ItemOutcome, Writer};
 use crate::report::{Outcome, Stats};
+use crate::state::checkpoint::Store;
 use crate::state::deadletter::{self, DeadLetter, Record};
 use crate::state::fence::Fence;
+use crate::state::journal::Journal;
 use crate::state::ledger::{Ledger, Recovered};
 use crate::state::lock;
 use crate::state::replay::{Position, Rows};
@@ -67,6 +75,10 @@ pub struct ReplayReport {
     pub ledger: Option<Recovered>,
     /// Where items that failed again went (when any did in this attempt).
     pub dead_letter: Option<PathBuf>,
+    /// This attempt's journal (none in a dry run or with `--no-journal`),
+    /// and whether the ledger or the unfinished run names it (what `dynbulk
+    /// revert` reads without `--journal`).
+    pub journal: Option<(PathBuf, bool)>,
     /// Done, done with failures, or stopped (position saved).
     pub outcome: Outcome,
 }
@@ -265,12 +277,16 @@ impl One<'_> {
             read: Budget::new(prepared.read_limit),
             write: Budget::new(prepared.write_limit),
         });
+        let journal = self
+            .open_journal(&group, fence)
+            .await
+            .map_err(|e| (e, None))?;
         let writer = pipeline::writer_for(
             self.client,
             prepared,
-            Arc::new(Stats::default()),
-            budgets,
+            (Arc::new(Stats::default()), budgets),
             fence.cloned(),
+            journal.as_ref().map(|(j, _)| j.clone()),
         );
         let mut report = ReplayReport {
             file: self.file.to_owned(),
@@ -283,6 +299,7 @@ impl One<'_> {
             gone_sample: Vec::new(),
             ledger: None,
             dead_letter: None,
+            journal: journal.map(|(j, named)| (j.path().to_owned(), named)),
             outcome: Outcome::Done,
         };
         // Keys replayed by earlier attempts are not replayed (or counted) again.
@@ -342,9 +359,21 @@ impl One<'_> {
             report.outcome = Outcome::DoneWithFailures;
         }
         if let Some(fence) = fence {
+            // A run stopped part way (its error budget, say) and not resumed
+            // yet: its totals count the settled items as not failing.
+            let unfinished = Store::new(
+                self.client.clone(),
+                &self.plan.state_table,
+                &group.table,
+                &group.migration,
+            )
+            .fenced(fence.clone())
+            .record_replay(&at)
+            .await
+            .map_err(|e| (e, Some(report.clone())))?;
             let ledger = Ledger::new(self.client.clone(), self.plan.state_table.clone());
             report.ledger = ledger
-                .recover(&group.table, &group.migration, &at, fence)
+                .recover(&group.table, &group.migration, &at, !unfinished, fence)
                 .await
                 .map_err(|e| (e, Some(report.clone())))?;
             rows.delete(&file, fence)
@@ -352,6 +381,48 @@ impl One<'_> {
                 .map_err(|e| (e, Some(report.clone())))?;
         }
         Ok(report)
+    }
+
+    /// This attempt's journal (none in a dry run or with `--no-journal`),
+    /// created and named before any write is sent: in the header of the
+    /// migration's unfinished run when there is one (after the journals of
+    /// its attempts so far, so that revert undoes them in the order they
+    /// were written), else in its ledger entry. `true` with it when either
+    /// names it.
+    ///
+    /// # Errors
+    /// When the journal cannot be created or the state table not written.
+    async fn open_journal(
+        &self,
+        group: &Group,
+        fence: Option<&Fence>,
+    ) -> Result<Option<(Arc<Journal>, bool)>, Error> {
+        let (Some(fence), Some(dir)) = (fence, self.plan.journal_dir()) else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::io(
+                format!("creating the journal directory {}", dir.display()),
+                e,
+            )
+        })?;
+        let journal = Journal::new(Journal::file_in(&dir, &group.table, &group.migration));
+        journal.create()?;
+        journal.sync().await?;
+        let path = journal.path().to_string_lossy().into_owned();
+        let state_table = &self.plan.state_table;
+        let run = Store::new(
+            self.client.clone(),
+            state_table,
+            &group.table,
+            &group.migration,
+        )
+        .fenced(fence.clone());
+        let named = run.name_journal(&path).await?
+            || Ledger::new(self.client.clone(), state_table.clone())
+                .name_journal(&group.table, &group.migration, &path, fence)
+                .await?;
+        Ok(Some((Arc::new(journal), named)))
     }
 
     /// Replays one chunk of records, `concurrency` keys at once, and records
@@ -409,6 +480,11 @@ impl One<'_> {
             return Err(e);
         }
         self.dead_letter.sync().await?;
+        // Write-ahead: the position never moves past writes whose journal
+        // records are not on disk.
+        if let Some(journal) = &writer.journal {
+            journal.sync().await?;
+        }
         at.next_line = chunk.last().map_or(at.next_line, |r| r.line + 1);
         Ok(())
     }
@@ -455,6 +531,21 @@ impl fmt::Display for ReplayReport {
         }
         if let Some(path) = &self.dead_letter {
             writeln!(f, "  dead letters:      {}", path.display())?;
+        }
+        match &self.journal {
+            Some((path, true)) => writeln!(
+                f,
+                "  journal:           {} (dynbulk revert undoes these writes with the run's)",
+                path.display()
+            )?,
+            Some((path, false)) => writeln!(
+                f,
+                "  journal:           {} (no run of this migration on this table is recorded: \
+                 to undo these writes, dynbulk revert --journal {})",
+                path.display(),
+                path.display()
+            )?,
+            None => {}
         }
         match (&self.ledger, self.dry_run) {
             (_, true) => {}

@@ -114,6 +114,7 @@ mod tests {
             segment_counts: vec![Default::default(); 2],
             dead_letters: vec![],
             journals: vec![],
+            replayed: Default::default(),
         }
     }
 

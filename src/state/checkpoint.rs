@@ -36,6 +36,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 use tokio::sync::mpsc;
 
+use crate::dynamo::classify::AwsError;
 use crate::dynamo::value::Attrs;
 use crate::error::{Error, Result};
 use crate::state::deadletter::DeadLetter;
@@ -92,9 +93,55 @@ pub struct RunState {
     /// wrote, named before its first write (absolute paths, on the machine
     /// that ran it).
     pub journals: Vec<String>,
+    /// What replays of the run's dead letters made between its attempts.
+    pub replayed: Replayed,
+}
+
+/// What `dynbulk replay` made of a run's dead-lettered items while the run
+/// was unfinished (between two attempts): the run's totals count those
+/// items as settled, not failed, when it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The replays recorded (their ids), each once.
+    pub ids: Vec<String>,
+    /// Failed items no longer failing: recovered, or no longer there.
+    pub settled: u64,
+    /// Items the replays updated.
+    pub updated: u64,
+    /// Items the replays deleted.
+    pub deleted: u64,
+    /// Items the replays found already right.
+    pub unchanged: u64,
+}
+
+/// The header attributes of [`Replayed`]'s counts.
+const REPLAYED: [&str; 4] = [
+    "replay_settled",
+    "replay_updated",
+    "replay_deleted",
+    "replay_unchanged",
+];
+
+impl Replayed {
+    fn counts(&self) -> [u64; 4] {
+        [self.settled, self.updated, self.deleted, self.unchanged]
+    }
 }
 
 impl RunState {
+    /// The run's counts over all attempts, with the items replays settled
+    /// between attempts counted as what the replays made of them.
+    pub fn totals(&self) -> Counts {
+        let r = &self.replayed;
+        Counts {
+            updated: self.counts.updated + r.updated,
+            deleted: self.counts.deleted + r.deleted,
+            unchanged: self.counts.unchanged + r.unchanged,
+            failed: self.counts.failed.saturating_sub(r.settled),
+            ..self.counts
+        }
+    }
+
     /// Segments finished.
     pub fn segments_done(&self) -> usize {
         self.segments
@@ -233,6 +280,7 @@ impl Store {
             segment_counts: vec![Counts::default(); total_segments as usize],
             dead_letters: Vec::new(),
             journals: Vec::new(),
+            replayed: Replayed::default(),
         };
         self.put_header(&state).await?;
         Ok(state)
@@ -267,6 +315,7 @@ impl Store {
             segment_counts: vec![Counts::default(); total_segments as usize],
             dead_letters: Vec::new(),
             journals: Vec::new(),
+            replayed: Replayed::default(),
         };
         let mut item = self.header_item(&state, &state.counts);
         item.extend(settings);
@@ -308,6 +357,90 @@ impl Store {
     /// When the state table cannot be written.
     pub async fn put_header(&self, state: &RunState) -> Result<()> {
         self.put_header_counting(state, &state.counts).await
+    }
+
+    /// Names `journal` (a replay's, made while this run is unfinished) in
+    /// the run's header, once, after the journals of its attempts so far: a
+    /// revert undoes them in the order they were written. `false` when there
+    /// is no unfinished run.
+    ///
+    /// # Errors
+    /// When the state table cannot be written, or the lock was lost.
+    pub async fn name_journal(&self, journal: &str) -> Result<bool> {
+        crate::state::fence::append_once(
+            &self.client,
+            &self.state_table,
+            HashMap::from([
+                ("pk".to_owned(), AttributeValue::S(self.pk())),
+                ("sk".to_owned(), AttributeValue::S("run".into())),
+            ]),
+            ("journals", journal),
+            self.fence()?,
+            &format!("naming a journal in state table {}", self.state_table),
+        )
+        .await
+    }
+
+    /// Records what a replay of the run's dead letters made of them while
+    /// the run is unfinished, once per replay (the header keeps its id), so
+    /// that the run's totals count the items it settled as not failing.
+    /// `false` when there is no unfinished run.
+    ///
+    /// # Errors
+    /// When the state table cannot be written, or the lock was lost.
+    pub async fn record_replay(&self, replay: &crate::state::replay::Position) -> Result<bool> {
+        let fence = self.fence()?;
+        let what = format!(
+            "recording a replay in the run's state in state table {}",
+            self.state_table
+        );
+        let send = || {
+            let n = |v: u64| AttributeValue::N(v.to_string());
+            let req = self
+                .client
+                .update_item()
+                .table_name(&self.state_table)
+                .key("pk", AttributeValue::S(self.pk()))
+                .key("sk", AttributeValue::S("run".into()))
+                .update_expression(
+                    "SET #fence = :fence ADD #replays :ids, #s :s, #u :u, #d :d, #c :c",
+                )
+                .condition_expression(format!(
+                    "attribute_exists(#pk) AND (attribute_not_exists(#replays) OR NOT contains(#replays, :id)) AND ({})",
+                    crate::state::fence::UPDATE_CONDITION
+                ))
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#fence", crate::state::fence::ATTRIBUTE)
+                .expression_attribute_names("#replays", "replays")
+                .expression_attribute_names("#s", REPLAYED[0])
+                .expression_attribute_names("#u", REPLAYED[1])
+                .expression_attribute_names("#d", REPLAYED[2])
+                .expression_attribute_names("#c", REPLAYED[3])
+                .expression_attribute_values(":fence", n(fence.epoch()))
+                .expression_attribute_values(":ids", AttributeValue::Ss(vec![replay.id.clone()]))
+                .expression_attribute_values(":id", AttributeValue::S(replay.id.clone()))
+                .expression_attribute_values(":s", n(replay.recovered() + replay.gone))
+                .expression_attribute_values(":u", n(replay.updated))
+                .expression_attribute_values(":d", n(replay.deleted))
+                .expression_attribute_values(":c", n(replay.unchanged));
+            async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+        };
+        if crate::state::fence::attempt(fence, &what, send)
+            .await?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        // Refused: no unfinished run, this replay recorded already (a
+        // resumed replay), or a newer runner wrote the header.
+        match self.load().await? {
+            None => Ok(false),
+            Some(run) if run.replayed.ids.contains(&replay.id) => Ok(true),
+            Some(_) => {
+                fence.lose();
+                Err(fence.lost_error(&what))
+            }
+        }
     }
 
     /// Writes the header with `counts` in place of the state's own.
@@ -380,6 +513,15 @@ impl Store {
             );
         }
         counts.store(&mut item);
+        if !state.replayed.ids.is_empty() {
+            item.insert(
+                "replays".into(),
+                AttributeValue::Ss(state.replayed.ids.clone()),
+            );
+            for (name, v) in REPLAYED.iter().zip(state.replayed.counts()) {
+                item.insert((*name).into(), AttributeValue::N(v.to_string()));
+            }
+        }
         item
     }
 
@@ -622,6 +764,17 @@ fn decode_header(header: &Attrs) -> std::result::Result<RunState, String> {
         segment_counts: vec![Counts::default(); total_segments as usize],
         dead_letters: strings("dead_letters", "dead-letter file names")?.unwrap_or_default(),
         journals: strings("journals", "journal file names")?.unwrap_or_default(),
+        replayed: Replayed {
+            ids: match header.get("replays") {
+                None => Vec::new(),
+                Some(AttributeValue::Ss(ids)) => ids.clone(),
+                Some(_) => return Err("has malformed replay ids".into()),
+            },
+            settled: n(REPLAYED[0])?,
+            updated: n(REPLAYED[1])?,
+            deleted: n(REPLAYED[2])?,
+            unchanged: n(REPLAYED[3])?,
+        },
     })
 }
 

@@ -220,6 +220,64 @@ pub(crate) async fn delete(
     conditional(fence, what, send).await
 }
 
+/// Appends `value` to the string list `attribute` of the existing state
+/// item `key`, once, under `fence`. `false` when there is no such item
+/// (nothing is written).
+///
+/// # Errors
+/// [`Error::LockLost`] when fenced off (a newer runner wrote the item);
+/// [`Error::Aws`] (with `what`) otherwise.
+pub(crate) async fn append_once(
+    client: &Client,
+    state_table: &str,
+    key: Attrs,
+    (attribute, value): (&str, &str),
+    fence: &Fence,
+    what: &str,
+) -> Result<bool> {
+    let value = AttributeValue::S(value.to_owned());
+    let send = || {
+        let req = client
+            .update_item()
+            .table_name(state_table)
+            .set_key(Some(key.clone()))
+            .update_expression("SET #l = list_append(if_not_exists(#l, :empty), :v), #fence = :fence")
+            .condition_expression(format!(
+                "attribute_exists(#pk) AND (attribute_not_exists(#l) OR NOT contains(#l, :one)) AND ({CONDITION})"
+            ))
+            .expression_attribute_names("#pk", "pk")
+            .expression_attribute_names("#l", attribute)
+            .expression_attribute_names("#fence", ATTRIBUTE)
+            .expression_attribute_values(":empty", AttributeValue::L(vec![]))
+            .expression_attribute_values(":v", AttributeValue::L(vec![value.clone()]))
+            .expression_attribute_values(":one", value.clone())
+            .expression_attribute_values(":fence", AttributeValue::N(fence.epoch().to_string()));
+        async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+    };
+    if attempt(fence, what, send).await?.is_some() {
+        return Ok(true);
+    }
+    // Refused: no such item, the value is there already (a retry whose
+    // first send landed), or a newer runner wrote the item.
+    let item = client
+        .get_item()
+        .table_name(state_table)
+        .set_key(Some(key))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| Error::aws(what.to_owned(), AwsError::from_sdk(e)))?
+        .item;
+    let Some(item) = item else { return Ok(false) };
+    let named = matches!(item.get(attribute), Some(AttributeValue::L(l)) if l.contains(&value));
+    let newer = matches!(item.get(ATTRIBUTE), Some(AttributeValue::N(e)) if e.parse::<u64>().map_or(true, |e| e > fence.epoch()));
+    if named && !newer {
+        return Ok(true);
+    }
+    fence.lose();
+    Err(fence.lost_error(what))
+}
+
 /// Sends one fenced state write (`send` builds and sends it), retried on
 /// throttles and transient faults while the lease is held; a refused
 /// condition means a newer runner wrote the item, and the lock is lost.

@@ -355,7 +355,8 @@ impl Ledger {
     /// recovered and by those that no longer exist (nothing is left to
     /// migrate for them), not below zero; the updates, deletes and unchanged
     /// items are added, and a `failed` migration with nothing left failing
-    /// becomes `applied`. Once per replay: the entry remembers the replay's
+    /// becomes `applied` when its run is `finished` (a run stopped part way
+    /// stays failed until it is resumed and completes). Once per replay: the entry remembers the replay's
     /// id, so a replay resumed after a crash that had already recorded
     /// itself changes nothing. `None` when there is no entry.
     ///
@@ -366,6 +367,7 @@ impl Ledger {
         table: &str,
         migration: &str,
         replay: &Position,
+        finished: bool,
         fence: &Fence,
     ) -> Result<Option<Recovered>> {
         let what = format!(
@@ -394,7 +396,7 @@ impl Ledger {
             }
             let after = before.saturating_sub(replay.recovered() + replay.gone);
             let status = match entry.status {
-                Status::Failed if after == 0 => Status::Applied,
+                Status::Failed if after == 0 && finished => Status::Applied,
                 other => other,
             };
             let send = || {
@@ -501,6 +503,36 @@ impl Ledger {
             item.insert("run_id".into(), s(id));
         }
         item
+    }
+
+    /// Names `journal` (a replay's) among the entry's journals, once, so
+    /// that `dynbulk revert` undoes its writes too. `false` when there is no
+    /// entry for the migration on `table`.
+    ///
+    /// # Errors
+    /// When the state table cannot be written, or the lock was lost.
+    pub async fn name_journal(
+        &self,
+        table: &str,
+        migration: &str,
+        journal: &str,
+        fence: &Fence,
+    ) -> Result<bool> {
+        fence::append_once(
+            &self.client,
+            &self.table,
+            HashMap::from([
+                ("pk".to_owned(), s(&partition(table))),
+                ("sk".to_owned(), s(migration)),
+            ]),
+            ("journals", journal),
+            fence,
+            &format!(
+                "naming a journal in the ledger in state table {}",
+                self.table
+            ),
+        )
+        .await
     }
 
     /// Records that a revert of the run `entry` records started: the entry

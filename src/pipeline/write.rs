@@ -261,10 +261,10 @@ impl Writer {
     /// # Errors
     /// When the journal cannot be written: the writes must then not be sent.
     pub fn journal_rounds(&self, rounds: &[Round]) -> Result<Vec<Option<u64>>, Error> {
-        let records: Vec<journal::Record> = rounds
+        let records: Vec<&journal::Record> = rounds
             .iter()
             .filter_map(|r| match r {
-                Round::Send(s) => s.record.clone(),
+                Round::Send(s) => s.record.as_ref(),
                 Round::Done(_) => None,
             })
             .collect();

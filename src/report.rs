@@ -189,6 +189,8 @@ pub struct Report {
     pub table: String,
     /// Whether no write was sent.
     pub dry_run: bool,
+    /// Whether this was `dynbulk verify` (a dry run that says so).
+    pub verify: bool,
     /// How it ended.
     pub outcome: Outcome,
     /// Item counts of this attempt.
@@ -242,6 +244,7 @@ impl std::fmt::Display for Report {
         let c = &self.counts;
         let how = match (self.outcome, self.dry_run) {
             (Outcome::Skipped, _) => "already applied, skipped (pass --rerun to run it again)",
+            (_, true) if self.verify => "verified, no writes sent",
             (_, true) => "dry run, no writes sent",
             (Outcome::Done, _) => "done",
             (Outcome::DoneWithFailures, _) => "done, some items failed",

@@ -2,7 +2,7 @@
 //! status (dynalite does not implement DescribeContinuousBackups: "unknown");
 //! `run --require-pitr` refuses a table whose recovery is not known to be on
 //! with exit 2, a message saying how to turn it on, and no write of any kind;
-//! a dry run never refuses.
+//! a dry run never refuses. `revert --require-pitr` refuses the same way.
 
 mod common;
 
@@ -88,4 +88,37 @@ async fn require_pitr_refuses_a_table_without_known_recovery_and_a_dry_run_proce
         "{stdout}"
     );
     assert_migrated(&table.name, &before.values().cloned().collect::<Vec<_>>()).await;
+
+    // A revert with --require-pitr refuses the same way, before any write;
+    // without it, the same revert puts every item back.
+    let migrated = read_all(&client, &table.name).await;
+    let revert = |extra: &[&str]| {
+        let out = dynbulk()
+            .args([
+                "revert",
+                "--migration",
+                "20241220_add_status_category_fields",
+            ])
+            .args(["--table", &table.name, "--state-table", &state.name])
+            .args(["--unlimited", "--yes"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        eprintln!(
+            "dynbulk revert {extra:?} -> {:?}\n{stdout}\n{stderr}",
+            out.status
+        );
+        out
+    };
+    let out = revert(&["--require-pitr"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("point-in-time recovery cannot be confirmed"),
+        "{stderr}"
+    );
+    assert_eq!(read_all(&client, &table.name).await, migrated);
+    assert_eq!(revert(&[]).status.code(), Some(0));
+    assert_eq!(read_all(&client, &table.name).await, before);
 }

@@ -143,6 +143,10 @@ async fn verify_counts_what_is_left_before_a_run_nothing_after_it_and_old_shape_
         stdout.contains("write limit:    none needed: verify sends no write"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains(": verified, no writes sent") && !stdout.contains("dry run"),
+        "the report says verify, not dry run: {stdout}"
+    );
 
     // The run, then verify: complete, with the ledger saying applied (so
     // verify did not skip: it scanned every item).

@@ -47,6 +47,11 @@ pub struct RevertArgs {
     /// is retried before it is reported as failed, e.g. 90s, 5m.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration, help_heading = "Errors")]
     pub retry_budget: std::time::Duration,
+    /// Refuse to write to a table whose point-in-time recovery is not known to
+    /// be on (off, or unknown to the endpoint): exit 2, nothing written. A
+    /// dry run never refuses.
+    #[arg(long)]
+    pub require_pitr: bool,
     /// The lock's lease (for tests).
     #[arg(long, hide = true, env = "DYNBULK_LEASE", default_value = "15s", value_parser = parse_duration)]
     pub lease: std::time::Duration,
@@ -54,12 +59,6 @@ pub struct RevertArgs {
 
 impl RevertArgs {
     fn plan(&self, table: String) -> RevertPlan {
-        let c = &self.capacity;
-        let one = |v: Option<u32>| match (v, c.unlimited) {
-            (_, true) => crate::run::Limit::Unlimited,
-            (Some(u), false) => crate::run::Limit::Units(f64::from(u)),
-            (None, false) => crate::run::Limit::Auto,
-        };
         RevertPlan {
             table,
             migration: self.migration.clone(),
@@ -69,10 +68,7 @@ impl RevertArgs {
                 .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
                 .collect(),
             state_table: self.state.state_table.clone(),
-            limits: crate::run::Limits {
-                read: one(c.rcu_limit),
-                write: one(c.wcu_limit),
-            },
+            limits: self.capacity.limits(),
             dry_run: self.dry_run,
             backoff: crate::capacity::backoff::Backoff {
                 budget: Some(self.retry_budget),
@@ -80,6 +76,7 @@ impl RevertArgs {
             },
             concurrency: self.concurrency.into(),
             lease: self.lease,
+            require_pitr: self.require_pitr,
         }
     }
 }

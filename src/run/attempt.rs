@@ -117,6 +117,7 @@ pub(super) fn blank_report(prepared: &Prepared, outcome: Outcome) -> Report {
         migration: prepared.migration.id().to_owned(),
         table: prepared.table.name.clone(),
         dry_run: prepared.plan.dry_run,
+        verify: prepared.plan.verify,
         outcome,
         counts: Default::default(),
         total: None,

@@ -77,6 +77,9 @@ pub struct RevertPlan {
     pub concurrency: usize,
     /// The lock's lease.
     pub lease: Duration,
+    /// Refuse to write to a table whose point-in-time recovery is not known
+    /// to be on (`--require-pitr`); a dry run never refuses.
+    pub require_pitr: bool,
 }
 
 /// What happened to the records of a revert.
@@ -216,6 +219,9 @@ pub async fn revert(
 ) -> Result<RevertReport, Error> {
     let started = Instant::now();
     let info = table::describe(client, &plan.table).await?;
+    if plan.require_pitr && !plan.dry_run {
+        table::require_pitr(&plan.table, &table::pitr_status(client, &plan.table).await)?;
+    }
     let (read_limit, _) = resolve_limit(
         plan.limits.read,
         &info,

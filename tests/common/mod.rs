@@ -37,12 +37,14 @@ pub fn journal_dir() -> PathBuf {
     std::env::temp_dir().join("dynbulk-test-journals")
 }
 
-/// A test run's plan: state in `state`, a fresh dead-letter file, no capacity
-/// limit; a test sets what it is about with `..test_plan(&state)`.
+/// A test run's plan: state in `state`, a fresh dead-letter file, the
+/// journal in [`journal_dir`], no capacity limit; a test sets what it is
+/// about with `..test_plan(&state)`.
 pub fn test_plan(state: &TestTable) -> Plan {
     Plan {
         state_table: state.name.clone(),
         dead_letter: dead_letter_file(),
+        journal: dynbulk::run::JournalPlace::Dir(journal_dir()),
         limits: UNLIMITED,
         ..Plan::default()
     }

@@ -203,6 +203,17 @@ impl Store {
         })
     }
 
+    /// An UpdateItem of the run's header, to be given its expression.
+    fn header_update(
+        &self,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.state_table)
+            .key("pk", AttributeValue::S(self.pk()))
+            .key("sk", AttributeValue::S("run".into()))
+    }
+
     pub(crate) fn pk(&self) -> String {
         format!("run#{}#{}", self.table, self.migration)
     }
@@ -397,11 +408,7 @@ impl Store {
         let send = || {
             let n = |v: u64| AttributeValue::N(v.to_string());
             let req = self
-                .client
-                .update_item()
-                .table_name(&self.state_table)
-                .key("pk", AttributeValue::S(self.pk()))
-                .key("sk", AttributeValue::S("run".into()))
+                .header_update()
                 .update_expression(
                     "SET #fence = :fence ADD #replays :ids, #s :s, #u :u, #d :d, #c :c",
                 )
@@ -572,11 +579,7 @@ impl Store {
         let fence = self.fence()?;
         let send = || {
             let req = self
-                .client
-                .update_item()
-                .table_name(&self.state_table)
-                .key("pk", AttributeValue::S(self.pk()))
-                .key("sk", AttributeValue::S("run".into()))
+                .header_update()
                 .update_expression("SET #finished = :yes")
                 .condition_expression(format!("#run = :run AND ({})", fence::UPDATE_CONDITION))
                 .expression_attribute_names("#finished", FINISHED)

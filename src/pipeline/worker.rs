@@ -69,9 +69,9 @@ pub async fn work(
 
 /// Applies the migration to one page's items (a few at once), records
 /// failures in the dead-letter file, acknowledges the page to the
-/// checkpointer, and checks the error budget. One function on purpose (about
-/// 125 lines): the page's counts, its reservation and its acknowledgement must
-/// stay together so that a page is acknowledged exactly once, after its last item.
+/// checkpointer, and checks the error budget. The page's counts, its
+/// reservation and its acknowledgement stay together here, so that a page
+/// is acknowledged exactly once, after its last item.
 async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> {
     let writer = &pool.writer;
     // Set on a fatal error in this page: items not started yet are skipped.
@@ -85,27 +85,11 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
         // Held until the page is done: its bytes count against the budget.
         reservation: _held,
     } = page;
-    let n_items = items.len() as u64;
-    // A migration with its own transform threads (a script) gets the whole
-    // page at once, off this task; the others transform item by item here.
-    // Every item is transformed and planned before any is sent, so that the
-    // page's journal records go out together, before its writes.
-    let rounds: Vec<Round> = match writer.migration.page_transform() {
-        Some(pages) => pages
-            .transform_page(&writer.facts(), items)
-            .await
-            .into_iter()
-            .map(|(item, change)| writer.plan_round(item, change.map_err(transform_failed)))
-            .collect(),
-        None => {
-            let mut rounds = Vec::with_capacity(items.len());
-            for attrs in items {
-                let (item, change) = writer.transform(attrs).await;
-                rounds.push(writer.plan_round(item, change));
-            }
-            rounds
-        }
+    let mut counts = Counts {
+        scanned: items.len() as u64,
+        ..Counts::default()
     };
+    let rounds = plan_page(writer, items).await;
     let ids = writer.journal_rounds(&rounds).map_err(Stop::Fatal)?;
     let mut results = stream::iter(rounds.into_iter().zip(ids))
         .map(|(round, id)| async move {
@@ -124,40 +108,18 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
         })
         .buffer_unordered(pool.item_concurrency.max(1));
     let mut fatal = None;
-    let mut counts = Counts {
-        scanned: n_items,
-        ..Counts::default()
-    };
     let conflicts_before = pool.stats.conflicts.load(Relaxed);
     let mut skipped = 0u64;
     while let Some(result) = results.next().await {
-        let Some(result) = result else {
-            skipped += 1;
-            continue;
-        };
+        // Let the other in-flight items of the page finish before stopping.
         match result {
-            Ok(ItemOutcome::Unchanged) => {
-                counts.unchanged += 1;
-                Stats::inc(&pool.stats.unchanged)
-            }
-            Ok(ItemOutcome::Updated) => {
-                counts.updated += 1;
-                Stats::inc(&pool.stats.updated)
-            }
-            Ok(ItemOutcome::Deleted) => {
-                counts.deleted += 1;
-                Stats::inc(&pool.stats.deleted)
-            }
-            Ok(ItemOutcome::Failed { key, reason }) => {
-                counts.failed += 1;
-                Stats::inc(&pool.stats.failed);
-                tracing::warn!(table = %writer.table, migration = writer.migration.id(), key = %crate::state::deadletter::to_json(&key), error = %reason, "item failed; recorded in the dead-letter file");
-                if let Err(e) = record(pool, &key, &reason).await {
+            None => skipped += 1,
+            Some(Ok(outcome)) => {
+                if let Err(e) = tally(pool, &mut counts, outcome).await {
                     fatal.get_or_insert(e);
                 }
             }
-            // Let the other in-flight items of the page finish before stopping.
-            Err(e) => {
+            Some(Err(e)) => {
                 fatal.get_or_insert(e);
             }
         }
@@ -177,13 +139,81 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
         .conflicts
         .load(Relaxed)
         .saturating_sub(conflicts_before);
-    if let Some(acks) = &pool.acks {
-        let ack = Ack {
+    acknowledge(
+        pool,
+        Ack {
             segment,
             seq,
             last_key,
             counts,
-        };
+        },
+    )
+    .await
+}
+
+/// Transforms and plans every item of a page before any is sent, so that
+/// the page's journal records go out together, before its writes. A
+/// migration with its own transform threads (a script) gets the whole page
+/// at once, off this task; the others transform item by item here.
+async fn plan_page(writer: &Writer, items: Vec<crate::dynamo::value::Attrs>) -> Vec<Round> {
+    match writer.migration.page_transform() {
+        Some(pages) => pages
+            .transform_page(&writer.facts(), items)
+            .await
+            .into_iter()
+            .map(|(item, change)| writer.plan_round(item, change.map_err(transform_failed)))
+            .collect(),
+        None => {
+            let mut rounds = Vec::with_capacity(items.len());
+            for attrs in items {
+                let (item, change) = writer.transform(attrs).await;
+                rounds.push(writer.plan_round(item, change));
+            }
+            rounds
+        }
+    }
+}
+
+/// Counts one item's outcome, in the page's counts and the run's; a failed
+/// item goes to the dead-letter file.
+///
+/// # Errors
+/// When the dead-letter file cannot be written.
+async fn tally(pool: &Pool, counts: &mut Counts, outcome: ItemOutcome) -> Result<()> {
+    let stats = &pool.stats;
+    match outcome {
+        ItemOutcome::Unchanged => {
+            counts.unchanged += 1;
+            Stats::inc(&stats.unchanged)
+        }
+        ItemOutcome::Updated => {
+            counts.updated += 1;
+            Stats::inc(&stats.updated)
+        }
+        ItemOutcome::Deleted => {
+            counts.deleted += 1;
+            Stats::inc(&stats.deleted)
+        }
+        ItemOutcome::Failed { key, reason } => {
+            counts.failed += 1;
+            Stats::inc(&stats.failed);
+            let writer = &pool.writer;
+            tracing::warn!(table = %writer.table, migration = writer.migration.id(), key = %crate::state::deadletter::to_json(&key), error = %reason, "item failed; recorded in the dead-letter file");
+            record(pool, &key, &reason).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Acknowledges a finished page to the checkpointer (none in dry runs), then
+/// checks the run's error budget.
+///
+/// # Errors
+/// [`Stop::Fatal`] when the checkpointer has stopped; [`Stop::ErrorBudget`]
+/// when the run's failures now exceed `--max-errors`.
+async fn acknowledge(pool: &Pool, ack: Ack) -> std::result::Result<(), Stop> {
+    let page_failed = ack.counts.failed;
+    if let Some(acks) = &pool.acks {
         if acks.send(ack).await.is_err() {
             return Err(Stop::Fatal(Error::Internal(
                 "the checkpointer stopped; checkpoints can no longer be saved".into(),
@@ -193,7 +223,7 @@ async fn process_page(pool: &Pool, page: Page) -> std::result::Result<(), Stop> 
     // The budget is the run's, over all its attempts. A resume whose earlier
     // attempts already spent it stops at its first new failure, not before
     // doing anything: raising --max-errors is how to let it go further.
-    if let Some(max) = pool.max_errors.filter(|_| counts.failed > 0) {
+    if let Some(max) = pool.max_errors.filter(|_| page_failed > 0) {
         let failed = pool.failed_before + pool.stats.failed.load(Relaxed);
         if failed > max {
             return Err(Stop::ErrorBudget(failed));

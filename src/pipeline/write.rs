@@ -95,6 +95,18 @@ pub enum Round {
     Send(Box<Outgoing>),
 }
 
+/// What sending one round came to.
+enum Sent {
+    /// The item's outcome.
+    Done(ItemOutcome),
+    /// A conflict: the next round for the item (`key`), journaled as `next_id`.
+    Again {
+        key: Attrs,
+        next: Round,
+        next_id: Option<u64>,
+    },
+}
+
 /// A planned write of one item.
 #[derive(Debug)]
 pub struct Outgoing {
@@ -289,10 +301,6 @@ impl Writer {
     /// [`MAX_CONFLICT_RETRIES`] times; each round's intent is journaled
     /// before it is sent, and one that definitely did not apply is noted so.
     ///
-    /// One loop on purpose (about 100 lines): each round's outcome (written,
-    /// unchanged, failed, conflict) decides the next, and the attempts'
-    /// counts span the rounds.
-    ///
     /// # Errors
     /// As [`Writer::apply`].
     pub async fn send_rounds(
@@ -300,100 +308,17 @@ impl Writer {
         mut round: Round,
         mut id: Option<u64>,
     ) -> Result<ItemOutcome, Error> {
-        let not_applied = |id: Option<u64>| {
-            if let (Some(j), Some(id)) = (&self.journal, id) {
-                j.not_applied(id);
-            }
-        };
         let mut last_key = Attrs::new();
         for _ in 0..=MAX_CONFLICT_RETRIES {
-            let Outgoing {
-                key,
-                attrs: attrs_now,
-                planned,
-                ..
-            } = match round {
+            let outgoing = match round {
                 Round::Done(outcome) => return Ok(outcome),
                 Round::Send(send) => *send,
             };
-            // Boxed, here and below: the SDK's request futures are large, and
-            // inline they would make every item's future (moved into the
-            // worker's FuturesUnordered for every item, written or not) as large.
-            let sent = Box::pin(self.send(&key, &attrs_now, &planned)).await;
-            if sent.is_err() {
-                // The lock is gone: the item is not this runner's to write any more.
-                if let Some(fence) = self.fence.as_ref().filter(|f| !f.held()) {
-                    return Err(fence.lost_error(&format!(
-                        "writing item {} of table {}",
-                        crate::state::deadletter::to_json(&key),
-                        self.table
-                    )));
+            match self.send_round(outgoing, id).await? {
+                Sent::Done(outcome) => return Ok(outcome),
+                Sent::Again { key, next, next_id } => {
+                    (last_key, round, id) = (key, next, next_id);
                 }
-            }
-            match sent {
-                Ok(()) => {
-                    return Ok(match planned {
-                        Planned::Delete(_) => ItemOutcome::Deleted,
-                        _ => ItemOutcome::Updated,
-                    })
-                }
-                Err(e) => match e.class_for(Call::ItemWrite) {
-                    Class::ConditionFailed => {
-                        not_applied(id);
-                        Stats::inc(&self.stats.conflicts);
-                        let fresh = Box::pin(self.reread(
-                            &key,
-                            item_size(&attrs_now),
-                            "after a write conflict",
-                        ))
-                        .await?;
-                        last_key = key;
-                        match fresh {
-                            Some(fresh) => {
-                                let (item, change) = Box::pin(self.transform(fresh)).await;
-                                round = self.plan_round(item, change);
-                                id = self.journal_rounds(std::slice::from_ref(&round))?[0];
-                            }
-                            // Deleted by someone else in between, or no longer
-                            // matching the scan filter: nothing left to migrate.
-                            None => return Ok(ItemOutcome::Unchanged),
-                        }
-                    }
-                    Class::Item => {
-                        not_applied(id);
-                        return Ok(ItemOutcome::Failed {
-                            key,
-                            reason: e.to_string(),
-                        });
-                    }
-                    // `send` retried for the whole budget: a hot key, not the run's rate.
-                    Class::Throttle | Class::Transient => {
-                        return Ok(ItemOutcome::Failed {
-                            key,
-                            reason: format!(
-                                "still failing after retrying for {} (--retry-budget): {e}",
-                                self.backoff
-                                    .budget
-                                    .map(|b| format!("{}s", b.as_secs_f64()))
-                                    .unwrap_or_else(|| format!(
-                                        "{} attempts",
-                                        self.backoff.max_attempts
-                                    ))
-                            ),
-                        })
-                    }
-                    _ => {
-                        return Err(Error::aws(
-                            format!(
-                                "writing item {} of table {} for migration {}",
-                                crate::state::deadletter::to_json(&key),
-                                self.table,
-                                self.migration.id()
-                            ),
-                            e,
-                        ))
-                    }
-                },
             }
         }
         Ok(ItemOutcome::Failed {
@@ -403,6 +328,91 @@ impl Writer {
                 MAX_CONFLICT_RETRIES + 1
             ),
         })
+    }
+
+    /// Sends one round: its outcome, or on a conflict the next round (the
+    /// item re-read, transformed and planned again, its intent journaled).
+    ///
+    /// # Errors
+    /// As [`Writer::apply`].
+    async fn send_round(&self, outgoing: Outgoing, id: Option<u64>) -> Result<Sent, Error> {
+        let Outgoing {
+            key,
+            attrs: attrs_now,
+            planned,
+            ..
+        } = outgoing;
+        let not_applied = || {
+            if let (Some(j), Some(id)) = (&self.journal, id) {
+                j.not_applied(id);
+            }
+        };
+        // Boxed, here and below: the SDK's request futures are large, and
+        // inline they would make every item's future (moved into the
+        // worker's FuturesUnordered for every item, written or not) as large.
+        let sent = Box::pin(self.send(&key, &attrs_now, &planned)).await;
+        let e = match sent {
+            Ok(()) => {
+                return Ok(Sent::Done(match planned {
+                    Planned::Delete(_) => ItemOutcome::Deleted,
+                    _ => ItemOutcome::Updated,
+                }))
+            }
+            Err(e) => e,
+        };
+        // The lock is gone: the item is not this runner's to write any more.
+        if let Some(fence) = self.fence.as_ref().filter(|f| !f.held()) {
+            return Err(fence.lost_error(&format!(
+                "writing item {} of table {}",
+                crate::state::deadletter::to_json(&key),
+                self.table
+            )));
+        }
+        match e.class_for(Call::ItemWrite) {
+            Class::ConditionFailed => {
+                not_applied();
+                Stats::inc(&self.stats.conflicts);
+                let fresh =
+                    Box::pin(self.reread(&key, item_size(&attrs_now), "after a write conflict"))
+                        .await?;
+                // Deleted by someone else in between, or no longer matching
+                // the scan filter: nothing left to migrate.
+                let Some(fresh) = fresh else {
+                    return Ok(Sent::Done(ItemOutcome::Unchanged));
+                };
+                let (item, change) = Box::pin(self.transform(fresh)).await;
+                let next = self.plan_round(item, change);
+                let next_id = self.journal_rounds(std::slice::from_ref(&next))?[0];
+                Ok(Sent::Again { key, next, next_id })
+            }
+            Class::Item => {
+                not_applied();
+                Ok(Sent::Done(ItemOutcome::Failed {
+                    key,
+                    reason: e.to_string(),
+                }))
+            }
+            // `send` retried for the whole budget: a hot key, not the run's rate.
+            Class::Throttle | Class::Transient => Ok(Sent::Done(ItemOutcome::Failed {
+                key,
+                reason: format!(
+                    "still failing after retrying for {} (--retry-budget): {e}",
+                    self.backoff
+                        .budget
+                        .map(|b| format!("{}s", b.as_secs_f64()))
+                        .unwrap_or_else(|| format!("{} attempts", self.backoff.max_attempts))
+                ),
+            })),
+            _ => Err(Error::aws(
+                format!(
+                    "writing item {} of table {} for migration {}",
+                    crate::state::deadletter::to_json(&key),
+                    self.table,
+                    self.migration.id()
+                ),
+                e,
+            )),
+        }
     }
 
     /// A dry run's outcome for a planned write, with its sample and write

@@ -92,6 +92,77 @@ impl Scanner {
 /// the next page from what came back, send the page on. One loop on purpose
 /// (about 115 lines): the start key, the cost estimate, the item-size average
 /// and the reservation carry from one page to the next.
+/// One Scan call of `segment` from `start` (at most `limit` items, its cost
+/// estimated at `estimate` units), through the read budget, retried on
+/// throttles and transient faults (counted in the run's stats).
+///
+/// # Errors
+/// A Scan that still fails after the retries, naming the segment and table.
+async fn scan_page(
+    scanner: &Scanner,
+    segment: u32,
+    start: &Option<Attrs>,
+    (limit, estimate): (i32, f64),
+    (projection, names): (&Option<String>, &HashMap<String, String>),
+) -> Result<aws_sdk_dynamodb::operation::scan::ScanOutput> {
+    let Scanner {
+        client,
+        spec,
+        stats,
+        backoff,
+        budgets,
+        ..
+    } = scanner;
+    let mut attempts = Attempts::default();
+    let out = retry(backoff, &mut attempts, || {
+        let req = client
+            .scan()
+            .table_name(&spec.table)
+            .segment(segment as i32)
+            .total_segments(spec.total_segments as i32)
+            .consistent_read(spec.options.consistent_read)
+            .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
+            .limit(limit)
+            .set_exclusive_start_key(start.clone())
+            .set_projection_expression(projection.clone())
+            .set_filter_expression(spec.options.filter.clone())
+            .set_expression_attribute_names(if names.is_empty() {
+                None
+            } else {
+                Some(names.clone())
+            })
+            .set_expression_attribute_values(if spec.options.filter_values.is_empty() {
+                None
+            } else {
+                Some(spec.options.filter_values.clone())
+            });
+        budgets.read.call(
+            "Scan",
+            estimate,
+            Consumed::consumed_units,
+            move || async move { req.send().await.map_err(AwsError::from_sdk) },
+        )
+    })
+    .await;
+    stats.throttled.fetch_add(
+        attempts.throttled.into(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    stats.transient.fetch_add(
+        attempts.transient.into(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    out.map_err(|e| {
+        Error::aws(
+            format!(
+                "scanning segment {segment} of {} of table {}",
+                spec.total_segments, spec.table
+            ),
+            e,
+        )
+    })
+}
+
 async fn scan_segment(
     scanner: &Scanner,
     segment: u32,
@@ -100,15 +171,12 @@ async fn scan_segment(
     cancel: CancellationToken,
 ) -> Result<()> {
     let Scanner {
-        client,
         spec,
         stats,
-        backoff,
-        budgets,
         avg_item_bytes,
         inflight,
+        ..
     } = scanner;
-    let backoff = *backoff;
     let per_rcu = bytes_per_rcu(spec.options.consistent_read);
     let mut size = ItemSize::new(*avg_item_bytes);
     // The first page's cost is estimated from the item size; later pages
@@ -130,54 +198,14 @@ async fn scan_segment(
             _ = cancel.cancelled() => return Ok(()),
             r = inflight.reserve(f64::from(limit) * size.avg()) => r,
         };
-        let mut attempts = Attempts::default();
-        let out = retry(&backoff, &mut attempts, || {
-            let req = client
-                .scan()
-                .table_name(&spec.table)
-                .segment(segment as i32)
-                .total_segments(spec.total_segments as i32)
-                .consistent_read(spec.options.consistent_read)
-                .return_consumed_capacity(aws_sdk_dynamodb::types::ReturnConsumedCapacity::Total)
-                .limit(limit)
-                .set_exclusive_start_key(start.clone())
-                .set_projection_expression(projection.clone())
-                .set_filter_expression(spec.options.filter.clone())
-                .set_expression_attribute_names(if names.is_empty() {
-                    None
-                } else {
-                    Some(names.clone())
-                })
-                .set_expression_attribute_values(if spec.options.filter_values.is_empty() {
-                    None
-                } else {
-                    Some(spec.options.filter_values.clone())
-                });
-            budgets.read.call(
-                "Scan",
-                estimate,
-                Consumed::consumed_units,
-                move || async move { req.send().await.map_err(AwsError::from_sdk) },
-            )
-        })
-        .await;
-        stats.throttled.fetch_add(
-            attempts.throttled.into(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        stats.transient.fetch_add(
-            attempts.transient.into(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let out = out.map_err(|e| {
-            Error::aws(
-                format!(
-                    "scanning segment {segment} of {} of table {}",
-                    spec.total_segments, spec.table
-                ),
-                e,
-            )
-        })?;
+        let out = scan_page(
+            scanner,
+            segment,
+            &start,
+            (limit, estimate),
+            (&projection, &names),
+        )
+        .await?;
         if let Some(units) = out.consumed_units() {
             estimate = units.max(0.5);
         }

@@ -398,19 +398,14 @@ fn busy(h: &Holder, table: &str, migration: &str) -> Error {
     ))
 }
 
-/// One conditional write that makes us the holder, if what it expects is
-/// still there; `None` when it is not.
+/// A claim's UpdateItem: the expression that writes this runner into the
+/// lock item, and the condition that the item is as `expect` says. No I/O.
 ///
-/// One function (about 125 lines) on purpose: the condition it writes and the
-/// holder fields it sets are the lock's protocol (epoch +1, token, heartbeat
-/// counter, boot id and pid namespace) and must be read together.
-async fn claim(
-    client: &Client,
-    state_table: &str,
-    key: &str,
-    to: &Claim<'_>,
-    expect: Expect<'_>,
-) -> Result<Option<Fence>> {
+/// The condition and the holder fields are the lock's protocol and are
+/// read together here: the epoch goes up by one, the token is new, the
+/// heartbeat counter starts at 0, the boot id and pid namespace say where
+/// the holder runs (removed when unknown), and the mode says `--join`.
+fn claim_expression(to: &Claim<'_>, expect: Expect<'_>) -> Expression {
     let Claim {
         token,
         lease,
@@ -488,6 +483,38 @@ async fn claim(
         }
     };
     names.retain(|k, _| update.contains(k.as_str()) || condition.contains(k.as_str()));
+    Expression {
+        update,
+        condition,
+        names,
+        values,
+    }
+}
+
+/// An UpdateItem's expressions and their names and values.
+struct Expression {
+    update: String,
+    condition: String,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+/// One conditional write that makes us the holder, if what it expects is
+/// still there ([`claim_expression`]); `None` when it is not.
+async fn claim(
+    client: &Client,
+    state_table: &str,
+    key: &str,
+    to: &Claim<'_>,
+    expect: Expect<'_>,
+) -> Result<Option<Fence>> {
+    let lease = to.lease;
+    let Expression {
+        update,
+        condition,
+        names,
+        values,
+    } = claim_expression(to, expect);
     for attempt in 0..5 {
         let sent = Instant::now();
         let r = client
@@ -810,6 +837,98 @@ impl Lock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn holder(beat: Option<u64>) -> Holder {
+        Holder {
+            owner: "a@h".into(),
+            host: "h".into(),
+            pid: 1,
+            since: String::new(),
+            expires_ms: 1_000,
+            epoch: 4,
+            beat,
+            lease_ms: None,
+            mode: None,
+            identity: None,
+            token: "old".into(),
+        }
+    }
+
+    #[test]
+    fn a_claim_expression_names_exactly_what_it_uses_and_expects_the_holder_it_saw() {
+        let mine = Some(Identity {
+            boot_id: "b".into(),
+            pid_ns: "pid:[1]".into(),
+        });
+        let none = None;
+        let cases = [
+            (
+                Claim {
+                    token: "t",
+                    lease: Duration::from_secs(15),
+                    mine: &none,
+                    mode: None,
+                },
+                Expect::Free,
+            ),
+            (
+                Claim {
+                    token: "t",
+                    lease: Duration::from_secs(15),
+                    mine: &mine,
+                    mode: Some(JOIN_MODE),
+                },
+                Expect::Free,
+            ),
+        ];
+        for (claim, expect) in cases {
+            let e = claim_expression(&claim, expect);
+            assert_eq!(e.condition, "attribute_not_exists(#token)");
+            assert!(e.update.ends_with(" ADD #epoch :one"), "{}", e.update);
+            assert_eq!(e.values[":token"], AttributeValue::S("t".into()));
+            for name in e.names.keys() {
+                assert!(
+                    e.update.contains(name.as_str()) || e.condition.contains(name.as_str()),
+                    "{name} unused"
+                );
+            }
+            let used = e
+                .update
+                .split(|c: char| !(c == '#' || c.is_alphanumeric()))
+                .filter(|w| w.starts_with('#'));
+            for name in used {
+                assert!(
+                    e.names.contains_key(name),
+                    "{name} not named in {}",
+                    e.update
+                );
+            }
+            match claim.mine {
+                Some(_) => assert!(
+                    e.update.contains("#boot = :boot") && !e.update.contains("REMOVE #boot")
+                ),
+                None => assert!(e.update.contains("REMOVE #boot, #ns")),
+            }
+        }
+        let seen = holder(Some(7));
+        let claim = Claim {
+            token: "t",
+            lease: Duration::from_secs(15),
+            mine: &none,
+            mode: None,
+        };
+        let e = claim_expression(&claim, Expect::Holder(&seen));
+        assert_eq!(e.condition, "#token = :old_token AND #beat = :old_beat");
+        assert_eq!(e.values[":old_beat"], AttributeValue::N("7".into()));
+        let seen = holder(None);
+        let e = claim_expression(&claim, Expect::Holder(&seen));
+        assert!(
+            e.condition.ends_with("#expires = :old_expires"),
+            "{}",
+            e.condition
+        );
+        assert_eq!(e.values[":old_expires"], AttributeValue::N("1000".into()));
+    }
 
     fn v(token: &str, beat: u64) -> Version {
         (token.to_owned(), beat, None)

@@ -671,16 +671,47 @@ pub struct Session {
     pub opened: bool,
 }
 
+/// Joins the session of `h`, a lock held in [`JOIN_MODE`], at once with a
+/// renewal of our own as proof; `None` when it changed hands or was
+/// released a moment ago. A session whose members all died is joined too,
+/// under the same epoch: each member's own fence (its lease deadline) and
+/// the segments' lease tokens are what keep a paused or cut-off member from
+/// writing.
+///
+/// # Errors
+/// When the renewal fails for another reason than its condition.
+async fn join_session(
+    client: &Client,
+    state_table: &str,
+    key: &str,
+    h: &Holder,
+    lease: Duration,
+) -> Result<Option<Session>> {
+    let sent = Instant::now();
+    match renew(client, state_table, key, &h.token, lease).await {
+        Ok(()) => Ok(Some(Session {
+            pk: key.to_owned(),
+            token: h.token.clone(),
+            fence: Fence::new(h.epoch, sent + held_for(lease)),
+            opened: false,
+        })),
+        Err(e) if e.class() == Class::ConditionFailed => Ok(None),
+        Err(e) => Err(Error::aws(
+            format!("joining the run in state table {state_table}"),
+            e,
+        )),
+    }
+}
+
 /// Joins the run of `migration` on `table` shared with `--join`, or opens it:
 /// takes a free lock in [`JOIN_MODE`]; joins a lock held in that mode at once,
 /// with a renewal of its own as proof; takes the lock of a runner without
 /// `--join` over (the epoch grows) once it has gone a whole lease unrenewed,
 /// and is refused while that runner renews it.
 ///
-/// One loop on purpose (about 95 lines): each round reads the lock, and what
-/// it found (free, held in join mode, held by a plain runner, unchanged for
-/// how long) decides that round's write (a claim or a renewal); split, the
-/// reading and the write it must match would part.
+/// One loop: each round reads the lock, and what it found (free, held in
+/// join mode, held by a plain runner, unchanged for how long) decides that
+/// round's write (a claim, or a renewal in [`join_session`]).
 ///
 /// # Errors
 /// [`Error::Locked`] when a live runner holds the run without `--join`.
@@ -717,35 +748,18 @@ pub async fn join(
             Some(h) => h,
         };
         if h.mode.as_deref() == Some(JOIN_MODE) {
-            // Joined at once with a renewal of our own. A session whose
-            // members all died is joined too, under the same epoch: each
-            // member's own fence (its lease deadline) and the segments' lease
-            // tokens are what keep a paused or cut-off member from writing.
-            let sent = Instant::now();
-            match renew(client, state_table, &key, &h.token, lease).await {
-                Ok(()) => {
-                    let fence = Fence::new(h.epoch, sent + held_for(lease));
+            match join_session(client, state_table, &key, &h, lease).await? {
+                Some(session) => {
                     tracing::info!(
                         table,
                         migration,
                         epoch = h.epoch,
                         "joined the run in progress"
                     );
-                    return Ok(Session {
-                        pk: key,
-                        token: h.token.clone(),
-                        fence,
-                        opened: false,
-                    });
+                    return Ok(session);
                 }
                 // It changed hands or was released a moment ago: look again.
-                Err(e) if e.class() == Class::ConditionFailed => continue,
-                Err(e) => {
-                    return Err(Error::aws(
-                        format!("joining the run in state table {state_table}"),
-                        e,
-                    ))
-                }
+                None => continue,
             }
         }
         let period = lease.max(Duration::from_millis(h.lease_ms.unwrap_or(0)));

@@ -447,10 +447,29 @@ async fn a_replay_killed_mid_file_resumes_and_the_ledger_counts_each_item_once()
     );
 
     // The same command resumes after the last saved chunk and finishes.
-    let (code, out, err) = output(spawn_dynbulk(&replay_args, &[("DYNBULK_LEASE", "3s")]));
+    let (code, out, err) = output(spawn_dynbulk(
+        &replay_args,
+        &[("DYNBULK_LEASE", "3s"), ("DYNBULK_PROGRESS_EVERY", "1ms")],
+    ));
     assert_eq!(code, Some(0), "{out}\n{err}");
     println!("{out}");
     assert!(out.contains("resumed at line:"), "{out}");
+    // Its progress lines go to standard error, the last at the file's end.
+    let progress: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert_eq!(
+        progress.last().copied(),
+        Some(
+            format!(
+                "progress: replay of {ID} on {}: {LEGACY} of {LEGACY} records",
+                table.name
+            )
+            .as_str()
+        ),
+        "{err}"
+    );
     assert_eq!(count(&out, "recovered"), LEGACY as u64, "{out}");
     assert_eq!(
         unmigrated(&table.name).await,

@@ -450,11 +450,25 @@ async fn a_throttled_revert_retries_within_its_limit_and_restores_everything() {
             "100",
         ])
         .env("AWS_ENDPOINT_URL", &proxy.url)
+        .env("DYNBULK_PROGRESS_EVERY", "1ms")
         .output()
         .unwrap(),
     );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(read_all(&client(), &t.table.name).await, before);
+    // Its progress goes to standard error; the last line has the report's counts.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with(&format!("progress: revert of {ID} on {}: ", t.table.name)))
+        .unwrap_or_else(|| panic!("no progress line in:\n{err}"));
+    let restored = stdout(&out)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("items:"))
+        .and_then(|l| l.trim().split(' ').next().map(str::to_owned))
+        .expect("the report's items line");
+    assert!(last.contains(&format!("({restored} restored, ")), "{last}");
     let stats = proxy.stats();
     let throttled: u64 = ["UpdateItem", "PutItem"]
         .iter()

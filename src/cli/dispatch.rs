@@ -284,6 +284,15 @@ async fn replay_command(args: ReplayArgs, migrations: &[Arc<dyn Migration>]) -> 
     if plan.dry_run {
         println!("DRY RUN: no write of any kind will be sent");
     }
+    let lines = super::progress::Lines::new();
+    let observer = move |p: &run::ReplayProgress<'_>| {
+        lines.print(|| {
+            format!(
+                "replay of {} on {}: {} of {} records",
+                p.migration, p.table, p.done, p.records
+            )
+        })
+    };
     let result = run::replay(
         &client,
         &args.files,
@@ -291,6 +300,7 @@ async fn replay_command(args: ReplayArgs, migrations: &[Arc<dyn Migration>]) -> 
         &plan,
         args.workers.into(),
         shutdown.clone(),
+        Some(&observer),
     )
     .await;
     let (reports, error) = match result {

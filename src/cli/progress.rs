@@ -101,3 +101,32 @@ fn summary(p: &Progress) -> String {
         p.counts.throttled
     )
 }
+
+/// Progress log lines of `replay` and `revert`: at most one every 10 seconds
+/// (`DYNBULK_PROGRESS_EVERY`, a duration such as `1ms`, overrides it).
+pub(crate) struct Lines {
+    last: Mutex<Instant>,
+    every: Duration,
+}
+
+impl Lines {
+    pub(crate) fn new() -> Self {
+        let every = std::env::var("DYNBULK_PROGRESS_EVERY")
+            .ok()
+            .and_then(|v| super::parse_duration(&v).ok())
+            .unwrap_or(Duration::from_secs(10));
+        Lines {
+            last: Mutex::new(Instant::now()),
+            every,
+        }
+    }
+
+    /// Prints `line()` to standard error when the last line is old enough.
+    pub(crate) fn print(&self, line: impl FnOnce() -> String) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.elapsed() >= self.every {
+            *last = Instant::now();
+            eprintln!("progress: {}", line());
+        }
+    }
+}

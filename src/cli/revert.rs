@@ -118,7 +118,21 @@ pub(super) async fn command(
             args.migration
         )
     };
-    let report = match revert::revert(&client, &plan, shutdown.clone()).await {
+    let lines = super::progress::Lines::new();
+    let label = format!("revert of {} on {table}", args.migration);
+    let observer = move |c: &revert::RevertCounts| {
+        lines.print(|| {
+            format!(
+                "{label}: {} records done ({} restored, {} already as before, {} changed since the run, {} failed)",
+                c.restored + c.already + c.changed + c.failed + c.skipped,
+                c.restored,
+                c.already,
+                c.changed,
+                c.failed
+            )
+        })
+    };
+    let report = match revert::revert(&client, &plan, shutdown.clone(), Some(&observer)).await {
         Ok(r) => r,
         Err(crate::Error::LockLost(why)) => {
             eprintln!("error: {}: lost the lock: {why}", context());

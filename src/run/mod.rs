@@ -44,7 +44,7 @@ pub use plan::{
     JournalPlace, Limit, Limits, Plan, Prepared, DEFAULT_PROVISIONED_SHARE, DEFAULT_RETRY_BUDGET,
 };
 pub use prepare::prepare;
-pub use replay::{replay, ReplayFailure, ReplayReport};
+pub use replay::{replay, ReplayFailure, ReplayObserver, ReplayProgress, ReplayReport};
 
 /// Scans running at once at most: beyond this, more segments only mean smaller
 /// slices, not more parallelism (TotalSegments may be up to 1,000,000).

@@ -28,7 +28,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use futures::stream::{self, StreamExt};
@@ -93,6 +92,23 @@ pub struct ReplayFailure {
     pub reports: Vec<ReplayReport>,
 }
 
+/// Where a replay of one file's records of one migration stands, after
+/// each chunk, for a progress display (the engine never prints).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayProgress<'a> {
+    /// The table.
+    pub table: &'a str,
+    /// The migration.
+    pub migration: &'a str,
+    /// Records of this migration in the file done so far.
+    pub done: u64,
+    /// Records of this migration in the file.
+    pub records: u64,
+}
+
+/// Receives a replay's [`ReplayProgress`] after every chunk.
+pub type ReplayObserver = dyn Fn(&ReplayProgress<'_>) + Send + Sync;
+
 /// A file's records, by the migration (and table) they name.
 type Groups = Vec<(Arc<dyn Migration>, Group)>;
 
@@ -120,6 +136,7 @@ pub async fn replay(
     plan: &Plan,
     concurrency: usize,
     shutdown: CancellationToken,
+    observer: Option<&ReplayObserver>,
 ) -> Result<Vec<ReplayReport>, ReplayFailure> {
     let mut reports = Vec::new();
     let dead_letter = Arc::new(DeadLetter::new(plan.dead_letter.clone()));
@@ -142,6 +159,7 @@ pub async fn replay(
                 concurrency: concurrency.max(1),
                 dead_letter: dead_letter.clone(),
                 shutdown: shutdown.clone(),
+                observer,
             };
             match one.run(group).await {
                 Ok(r) => reports.push(r),
@@ -221,6 +239,7 @@ struct One<'a> {
     concurrency: usize,
     dead_letter: Arc<DeadLetter>,
     shutdown: CancellationToken,
+    observer: Option<&'a ReplayObserver>,
 }
 
 /// A failure, with the report of what the replay of the group did before it.
@@ -314,7 +333,6 @@ impl One<'_> {
             .iter()
             .filter(|r| r.line >= at.next_line)
             .collect();
-        let mut shown = Instant::now();
         let done_before = group.records.len() - todo.len();
         for (i, chunk) in todo.chunks(self.concurrency * 4).enumerate() {
             if self.shutdown.is_cancelled() {
@@ -340,16 +358,14 @@ impl One<'_> {
                 };
                 return Err((error, Some(report)));
             }
-            if shown.elapsed() > Duration::from_secs(10) {
-                shown = Instant::now();
+            if let Some(observe) = self.observer {
                 let done = done_before + (i + 1) * self.concurrency * 4;
-                eprintln!(
-                    "replay of {} on {}: {} of {} records",
-                    group.migration,
-                    group.table,
-                    done.min(group.records.len()),
-                    group.records.len()
-                );
+                observe(&ReplayProgress {
+                    table: &group.table,
+                    migration: &group.migration,
+                    done: done.min(group.records.len()) as u64,
+                    records: group.records.len() as u64,
+                });
             }
         }
         if report.outcome == Outcome::Stopped {

@@ -82,6 +82,10 @@ pub struct RevertPlan {
     pub require_pitr: bool,
 }
 
+/// Receives a revert's counts so far after every group of records (about
+/// 256), for a progress display. The engine never prints.
+pub type RevertObserver = dyn Fn(&RevertCounts) + Send + Sync;
+
 /// What happened to the records of a revert.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RevertCounts {
@@ -216,6 +220,7 @@ pub async fn revert(
     client: &Client,
     plan: &RevertPlan,
     shutdown: CancellationToken,
+    observer: Option<&RevertObserver>,
 ) -> Result<RevertReport, Error> {
     let started = Instant::now();
     let info = table::describe(client, &plan.table).await?;
@@ -282,6 +287,7 @@ pub async fn revert(
         journals: &journals,
         fence: fence.as_ref(),
         shutdown,
+        observer,
     }
     .run()
     .await;
@@ -613,6 +619,7 @@ struct Attempt<'a> {
     journals: &'a [PathBuf],
     fence: Option<&'a Fence>,
     shutdown: CancellationToken,
+    observer: Option<&'a RevertObserver>,
 }
 
 /// Where a revert stands: record groups done per journal (from its end) and
@@ -734,6 +741,9 @@ impl Attempt<'_> {
             progress.counts.add(&counts);
             progress.done[j] = done as u64;
             self.save(progress).await?;
+            if let Some(observe) = self.observer {
+                observe(&progress.counts);
+            }
         }
         Ok(true)
     }

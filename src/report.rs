@@ -209,6 +209,9 @@ pub struct Report {
     /// The journals of every attempt of the run that wrote (what `dynbulk
     /// revert` puts back).
     pub journals: Vec<PathBuf>,
+    /// The replays recorded in the run's state between its attempts (their
+    /// ids, which the ledger keeps so that none is counted twice).
+    pub replays: Vec<String>,
     /// Wall-clock duration of the data step.
     pub elapsed: Duration,
     /// Capacity limits and use.

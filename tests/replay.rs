@@ -314,6 +314,15 @@ async fn a_replay_between_two_attempts_of_a_run_is_reverted_with_the_run() {
         (Status::Stopped, 0),
         "the run is unfinished: stopped, not applied: {entry:?}"
     );
+    // Replayed again by mistake: every item is already right, and the run
+    // must not count them twice.
+    let out = dynbulk_at(&endpoint(), dir.path(), &replay);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout(&out).contains(&format!("already right {})", failed.len())),
+        "{}",
+        stdout(&out)
+    );
 
     // The resumed run finishes; its ledger entry names every journal.
     let second_dead = files.path().join("second.jsonl");
@@ -325,14 +334,18 @@ async fn a_replay_between_two_attempts_of_a_run_is_reverted_with_the_run() {
     let entry = ledger(&state.name, &table.name).await;
     assert_eq!(entry.status, Status::Applied, "{entry:?}");
     assert_eq!(
-        (entry.counts.failed, entry.counts.updated),
-        (0, 240),
+        (
+            entry.counts.failed,
+            entry.counts.updated,
+            entry.counts.unchanged
+        ),
+        (0, 240, 0),
         "the replayed items count as updated, once: {entry:?}"
     );
     assert_eq!(
         entry.journals.len(),
-        3,
-        "two attempts and the replay: {entry:?}"
+        4,
+        "two attempts and the two replays: {entry:?}"
     );
 
     // Revert undoes the first attempt, the replay and the second attempt.

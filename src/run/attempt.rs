@@ -125,6 +125,7 @@ pub(super) fn blank_report(prepared: &Prepared, outcome: Outcome) -> Report {
         samples: vec![],
         dead_letters: vec![],
         journals: vec![],
+        replays: vec![],
         elapsed: Default::default(),
         capacity: Default::default(),
         state_writes: 0,
@@ -220,6 +221,7 @@ impl Record<'_> {
             schema: report.schema.as_deref(),
             dead_letters: &report.dead_letters,
             journals: &report.journals,
+            replays: &report.replays,
             run_id: None,
         };
         self.ledger.finish(&run, fence).await

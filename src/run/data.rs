@@ -144,6 +144,10 @@ impl Step<'_> {
             .as_ref()
             .map(|s| s.journals.iter().map(PathBuf::from).collect())
             .unwrap_or_default();
+        report.replays = state
+            .as_ref()
+            .map(|s| s.replayed.ids.clone())
+            .unwrap_or_default();
         (result, state)
     }
 }

@@ -489,6 +489,7 @@ async fn finish(
             .iter()
             .map(std::path::PathBuf::from)
             .collect::<Vec<_>>(),
+        replays: &run.replayed.ids,
         run_id: Some(&run.run_id),
     };
     let recorded = ledger.finish_shared(&record, fence).await?;
@@ -499,6 +500,7 @@ async fn finish(
     report.total = Some(run.totals());
     report.dead_letters = dead_letters;
     report.journals = run.journals.iter().map(std::path::PathBuf::from).collect();
+    report.replays = run.replayed.ids.clone();
     Ok(())
 }
 

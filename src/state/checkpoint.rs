@@ -378,7 +378,10 @@ impl Store {
     /// # Errors
     /// When the state table cannot be written, or the lock was lost.
     pub async fn name_journal(&self, journal: &str) -> Result<bool> {
-        crate::state::fence::append_once(
+        if self.unfinished().await?.is_none() {
+            return Ok(false);
+        }
+        fence::append_once(
             &self.client,
             &self.state_table,
             HashMap::from([
@@ -395,59 +398,92 @@ impl Store {
     /// Records what a replay of the run's dead letters made of them while
     /// the run is unfinished, once per replay (the header keeps its id), so
     /// that the run's totals count the items it settled as not failing.
-    /// `false` when there is no unfinished run.
+    /// Only failures the run counted can be settled: what a replay settles
+    /// beyond them (a file replayed twice, a file of another run) is not
+    /// recorded. `false` when there is no unfinished run.
     ///
     /// # Errors
-    /// When the state table cannot be written, or the lock was lost.
+    /// When the state table cannot be read or written, or the lock was lost.
     pub async fn record_replay(&self, replay: &crate::state::replay::Position) -> Result<bool> {
         let fence = self.fence()?;
         let what = format!(
             "recording a replay in the run's state in state table {}",
             self.state_table
         );
-        let send = || {
-            let n = |v: u64| AttributeValue::N(v.to_string());
-            let req = self
-                .header_update()
-                .update_expression(
-                    "SET #fence = :fence ADD #replays :ids, #s :s, #u :u, #d :d, #c :c",
-                )
-                .condition_expression(format!(
-                    "attribute_exists(#pk) AND (attribute_not_exists(#replays) OR NOT contains(#replays, :id)) AND ({})",
-                    crate::state::fence::UPDATE_CONDITION
-                ))
-                .expression_attribute_names("#pk", "pk")
-                .expression_attribute_names("#fence", crate::state::fence::ATTRIBUTE)
-                .expression_attribute_names("#replays", "replays")
-                .expression_attribute_names("#s", REPLAYED[0])
-                .expression_attribute_names("#u", REPLAYED[1])
-                .expression_attribute_names("#d", REPLAYED[2])
-                .expression_attribute_names("#c", REPLAYED[3])
-                .expression_attribute_values(":fence", n(fence.epoch()))
-                .expression_attribute_values(":ids", AttributeValue::Ss(vec![replay.id.clone()]))
-                .expression_attribute_values(":id", AttributeValue::S(replay.id.clone()))
-                .expression_attribute_values(":s", n(replay.recovered() + replay.gone))
-                .expression_attribute_values(":u", n(replay.updated))
-                .expression_attribute_values(":d", n(replay.deleted))
-                .expression_attribute_values(":c", n(replay.unchanged));
-            async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
-        };
-        if crate::state::fence::attempt(fence, &what, send)
-            .await?
-            .is_some()
-        {
-            return Ok(true);
-        }
-        // Refused: no unfinished run, this replay recorded already (a
-        // resumed replay), or a newer runner wrote the header.
-        match self.load().await? {
-            None => Ok(false),
-            Some(run) if run.replayed.ids.contains(&replay.id) => Ok(true),
-            Some(_) => {
-                fence.lose();
-                Err(fence.lost_error(&what))
+        // Under the lock nothing else writes the header; a refused condition
+        // is this replay's own earlier write, seen on the next read.
+        for _ in 0..3 {
+            let Some(run) = self.unfinished().await? else {
+                return Ok(false);
+            };
+            if run.replayed.ids.contains(&replay.id) {
+                return Ok(true);
+            }
+            let before = run.replayed.settled;
+            let mut left = run.counts.failed.saturating_sub(before);
+            let mut take = |n: u64| {
+                let t = n.min(left);
+                left -= t;
+                t
+            };
+            let (u, d, c) = (
+                take(replay.updated),
+                take(replay.deleted),
+                take(replay.unchanged),
+            );
+            let settled = u + d + c + take(replay.gone);
+            let send = || {
+                let n = |v: u64| AttributeValue::N(v.to_string());
+                let req = self
+                    .header_update()
+                    .update_expression(
+                        "SET #fence = :fence ADD #replays :ids, #s :s, #u :u, #d :d, #c :c",
+                    )
+                    .condition_expression(format!(
+                        "attribute_exists(#pk) AND attribute_not_exists(#finished) \
+                         AND (attribute_not_exists(#replays) OR NOT contains(#replays, :id)) \
+                         AND (attribute_not_exists(#s) OR #s = :before) AND ({})",
+                        fence::UPDATE_CONDITION
+                    ))
+                    .expression_attribute_names("#pk", "pk")
+                    .expression_attribute_names("#finished", FINISHED)
+                    .expression_attribute_names("#fence", fence::ATTRIBUTE)
+                    .expression_attribute_names("#replays", "replays")
+                    .expression_attribute_names("#s", REPLAYED[0])
+                    .expression_attribute_names("#u", REPLAYED[1])
+                    .expression_attribute_names("#d", REPLAYED[2])
+                    .expression_attribute_names("#c", REPLAYED[3])
+                    .expression_attribute_values(":fence", n(fence.epoch()))
+                    .expression_attribute_values(
+                        ":ids",
+                        AttributeValue::Ss(vec![replay.id.clone()]),
+                    )
+                    .expression_attribute_values(":id", AttributeValue::S(replay.id.clone()))
+                    .expression_attribute_values(":before", n(before))
+                    .expression_attribute_values(":s", n(settled))
+                    .expression_attribute_values(":u", n(u))
+                    .expression_attribute_values(":d", n(d))
+                    .expression_attribute_values(":c", n(c));
+                async move { req.send().await.map(|_| ()).map_err(AwsError::from_sdk) }
+            };
+            if fence::attempt(fence, &what, send).await?.is_some() {
+                return Ok(true);
             }
         }
+        // Refused three times: another writer (a newer runner's epoch).
+        fence.lose();
+        Err(fence.lost_error(&what))
+    }
+
+    /// The run, unless there is none or it is finished (a `--join` run whose
+    /// end is recorded in the ledger, its state not deleted yet).
+    async fn unfinished(&self) -> Result<Option<RunState>> {
+        let (items, state) = self.load_items().await?;
+        let finished = items.iter().any(|i| {
+            i.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) == Some("run")
+                && i.contains_key(FINISHED)
+        });
+        Ok(state.filter(|_| !finished))
     }
 
     /// Writes the header with `counts` in place of the state's own.

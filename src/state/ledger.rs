@@ -117,6 +117,10 @@ pub struct Finished<'a> {
     pub dead_letters: &'a [std::path::PathBuf],
     /// The journals of every attempt (what `dynbulk revert` reads).
     pub journals: &'a [std::path::PathBuf],
+    /// The replays recorded between its attempts: kept, so that a replay
+    /// resumed after the run ended is not counted again
+    /// ([`Ledger::recover`]).
+    pub replays: &'a [String],
     /// The run's id, for a run shared with `--join` (recorded once: see
     /// [`Ledger::finish_shared`]).
     pub run_id: Option<&'a str>,
@@ -501,6 +505,9 @@ impl Ledger {
         }
         if let Some(id) = run.run_id {
             item.insert("run_id".into(), s(id));
+        }
+        if !run.replays.is_empty() {
+            item.insert("replays".into(), AttributeValue::Ss(run.replays.to_vec()));
         }
         item
     }

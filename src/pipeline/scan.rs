@@ -87,11 +87,6 @@ impl Scanner {
     }
 }
 
-/// Scans one segment from `start` to its end (or until `cancel`), page by
-/// page: reserve in-flight bytes, take read capacity, Scan (retried), size
-/// the next page from what came back, send the page on. One loop on purpose
-/// (about 115 lines): the start key, the cost estimate, the item-size average
-/// and the reservation carry from one page to the next.
 /// One Scan call of `segment` from `start` (at most `limit` items, its cost
 /// estimated at `estimate` units), through the read budget, retried on
 /// throttles and transient faults (counted in the run's stats).
@@ -163,6 +158,11 @@ async fn scan_page(
     })
 }
 
+/// Scans one segment from `start` to its end (or until `cancel`), page by
+/// page: reserve in-flight bytes, take read capacity, Scan ([`scan_page`]),
+/// size the next page from what came back, send the page on. The start key,
+/// the cost estimate, the item-size average and the reservation carry from
+/// one page to the next.
 async fn scan_segment(
     scanner: &Scanner,
     segment: u32,

@@ -389,6 +389,9 @@ impl Member {
     /// new shares are published by this heartbeat's membership write and
     /// applied once it lands ([`Member::apply_published`]). Members whose row
     /// went a whole lease unrenewed are dead and count for nothing.
+    ///
+    /// About 80 lines on purpose: the members read, the shares decided and
+    /// the decrease applied belong to one heartbeat and must agree.
     async fn rebalance(&self) {
         if self.limits.iter().all(Option::is_none) {
             return;
@@ -516,6 +519,10 @@ impl Member {
     ///
     /// # Errors
     /// When the state table cannot be written or the fence is lost.
+    ///
+    /// About 100 lines on purpose: the conditional write and what it expects
+    /// of the segment row as observed (missing, free, another run's, or a
+    /// holder's) are the segment lease's protocol and are read together.
     pub async fn claim(
         &self,
         segment: u32,

@@ -366,6 +366,9 @@ impl Ledger {
     ///
     /// # Errors
     /// When the state table cannot be read or written, or the lock was lost.
+    ///
+    /// About 80 lines on purpose: one read-decide-write round under the
+    /// lock, and the condition it writes must match the entry it read.
     pub async fn recover(
         &self,
         table: &str,

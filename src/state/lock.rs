@@ -465,7 +465,22 @@ fn claim_expression(to: &Claim<'_>, expect: Expect<'_>) -> Expression {
         update.push_str(&format!(" REMOVE {}", removed.join(", ")));
     }
     update.push_str(" ADD #epoch :one");
-    let condition = match expect {
+    let condition = expected(expect, &mut values);
+    names.retain(|k, _| update.contains(k.as_str()) || condition.contains(k.as_str()));
+    Expression {
+        update,
+        condition,
+        names,
+        values,
+    }
+}
+
+/// The condition that the lock item is as `expect` says (its values go into
+/// `values`): free, or exactly the holder seen, renewal count and all.
+fn expected(expect: Expect<'_>, values: &mut HashMap<String, AttributeValue>) -> String {
+    let s = |v: &str| AttributeValue::S(v.to_owned());
+    let n = |v: i64| AttributeValue::N(v.to_string());
+    match expect {
         Expect::Free => "attribute_not_exists(#token)".to_owned(),
         Expect::Holder(h) => {
             values.insert(":old_token".into(), s(&h.token));
@@ -481,13 +496,6 @@ fn claim_expression(to: &Claim<'_>, expect: Expect<'_>) -> Expression {
                 }
             }
         }
-    };
-    names.retain(|k, _| update.contains(k.as_str()) || condition.contains(k.as_str()));
-    Expression {
-        update,
-        condition,
-        names,
-        values,
     }
 }
 
